@@ -1,0 +1,245 @@
+"""Closed-form analysis of a model on a device: memory, FLOPs, intensity and floors.
+
+No simulation: the arithmetic of the seeds applied to one (model, device, tp, pp,
+batch, prompt, output, dtypes) point. Memory per device assumes layers split evenly
+over `pp` stages (the first stage also holding the embedding, the last the LM head)
+and the Megatron TP layout of `sim.model`. Latency floors use the ideal roofline (peak
+FLOP/s, peak bandwidth, no launch overhead, no communication), so a simulated or
+measured latency can never be lower.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sim import catalog
+from sim.cost.roofline import floor_time
+from sim.errors import LlmsimError, unknown_name
+from sim.hardware import ClusterSpec, DeviceSpec
+from sim.model import (
+    Op,
+    Precision,
+    Work,
+    activation_workspace_bytes,
+    check_tp,
+    embedding_weight_elems,
+    flops_per_token,
+    kv_bytes_per_token,
+    kv_tokens_kept,
+    layer_plan,
+    layer_weight_elems,
+    lm_head_flops_per_token,
+    non_embedding_params,
+    total_params,
+)
+from sim.modelspec import ModelSpec
+
+GPU_MEMORY_UTILIZATION = 0.9  # vLLM's default share of device memory it may use
+
+
+def resolve_device(name: str) -> DeviceSpec:
+    """A device by name, or the device of a node or cluster of that name."""
+    try:
+        return catalog.load_device(name)
+    except LlmsimError:
+        pass
+    try:
+        cluster = catalog.cluster_from_ref(name)
+    except LlmsimError:
+        names = [e.name for k in ("device", "node", "cluster") for e in catalog.entries(k)]
+        raise unknown_name("hardware", name, names) from None
+    return cluster_device(cluster)
+
+
+def cluster_device(cluster: ClusterSpec) -> DeviceSpec:
+    if cluster.torus is not None:
+        return catalog.device_of(cluster.torus.device)
+    assert cluster.node is not None
+    return catalog.device_of(catalog.node_of(cluster.node).device)
+
+
+def layers_per_stage(n_layers: int, pp: int) -> list[int]:
+    """Layers of each pipeline stage, split as evenly as possible (earlier stages take
+    the remainder)."""
+    if pp < 1:
+        raise LlmsimError(f"pp must be at least 1, got {pp}", key="parallel.pp")
+    if pp > n_layers:
+        raise LlmsimError(
+            f"{pp} pipeline stages exceed the model's {n_layers} layers", key="parallel.pp"
+        )
+    base, extra = divmod(n_layers, pp)
+    return [base + (1 if i < extra else 0) for i in range(pp)]
+
+
+def weight_bytes_per_device(model: ModelSpec, tp: int, pp: int, precision: Precision) -> float:
+    """Weights held by the most loaded device (largest stage plus its embedding share)."""
+    stages = layers_per_stage(model.n_layers, pp)
+    layer = layer_weight_elems(model, tp)
+    emb = embedding_weight_elems(model, tp)
+    if pp == 1:
+        return (stages[0] * layer + emb) * precision.w_bytes
+    # Embedding (input) on the first stage, LM head (+ final norm) on the last.
+    head = emb / 2 if not model.tied_embeddings else emb
+    return max(stages[0] * layer + emb / 2, stages[-1] * layer + head) * precision.w_bytes
+
+
+def kv_bytes_per_token_per_device(model: ModelSpec, tp: int, pp: int, kv_dtype: str) -> float:
+    """KV bytes one device keeps per token: its K/V heads of its stage's layers."""
+    kv_local = max(1, model.kv_heads // tp)
+    layers = layers_per_stage(model.n_layers, pp)[0]
+    return 2.0 * layers * kv_local * model.head_dim * Precision(kv=kv_dtype).kv_bytes
+
+
+@dataclass(frozen=True)
+class Analysis:
+    model: str
+    device: str
+    tp: int
+    pp: int
+    batch: int
+    prompt: int
+    output: int
+    weight_dtype: str
+    activation_dtype: str
+    kv_dtype: str
+    params: int
+    non_embedding_params: int
+    weight_bytes: float
+    weight_bytes_per_device: float
+    kv_bytes_per_token: float
+    kv_bytes_per_token_per_device: float
+    kv_bytes_peak: float
+    kv_bytes_peak_per_device: float
+    activation_workspace_bytes: float
+    memory_bytes_per_device: float
+    fits: bool
+    max_batch: int
+    flops_per_token: float
+    flops_per_token_context: int
+    flops_split: dict[str, float]
+    lm_head_flops_per_token: float
+    ridge_flops_per_byte: float
+    prefill_intensity_flops_per_byte: float
+    decode_intensity_flops_per_byte: float
+    prefill_bound: str
+    decode_bound: str
+    prefill_latency_floor_s: float
+    decode_latency_floor_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _step_floor(
+    model: ModelSpec,
+    device: DeviceSpec,
+    tp: int,
+    pp: int,
+    precision: Precision,
+    work: Work,
+    logits: int,
+) -> tuple[float, float, float]:
+    """(seconds, FLOPs, bytes) of one step through all stages at the ideal roofline,
+    for one device of each stage (stages run one after another)."""
+    plan = layer_plan(model, tp, precision)
+    seconds = flops = moved = 0.0
+    for layers in layers_per_stage(model.n_layers, pp):
+        for op in plan.ops:
+            seconds += layers * floor_time(device, precision, op, work)
+        flops += layers * plan.flops(work)
+        moved += layers * plan.bytes(work)
+    if not model.encoder_only and logits:
+        head = Op("lm_head", "gemm", n=-(-model.vocab_size // tp), k=model.d_model)
+        head_work = Work(tokens=logits)
+        seconds += floor_time(device, precision, head, head_work)
+        flops += 2.0 * logits * head.k * head.n
+        moved += head.k * head.n * precision.w_bytes
+    return seconds, flops, moved
+
+
+def analyze(
+    model: ModelSpec | str,
+    hardware: DeviceSpec | str,
+    *,
+    tp: int = 1,
+    pp: int = 1,
+    batch: int = 1,
+    prompt: int = 512,
+    output: int = 128,
+    dtype: str = "bf16",
+    kv_dtype: str | None = None,
+    activation_dtype: str | None = None,
+    memory_utilization: float = GPU_MEMORY_UTILIZATION,
+) -> Analysis:
+    spec = catalog.load_model(model) if isinstance(model, str) else model
+    device = resolve_device(hardware) if isinstance(hardware, str) else hardware
+    for key, value in (("batch", batch), ("prompt", prompt)):
+        if value < 1:
+            raise LlmsimError(f"must be at least 1, got {value}", key=key)
+    if output < 0:
+        raise LlmsimError(f"must be at least 0, got {output}", key="output")
+    act = activation_dtype or (dtype if dtype in ("bf16", "fp16", "fp32", "fp8") else "bf16")
+    precision = Precision(weights=dtype, activations=act, kv=kv_dtype or act)
+    check_tp(spec, tp)
+    layers_per_stage(spec.n_layers, pp)
+
+    w_dev = weight_bytes_per_device(spec, tp, pp, precision)
+    kv_tok = kv_bytes_per_token(spec, precision.kv)
+    kv_tok_dev = kv_bytes_per_token_per_device(spec, tp, pp, precision.kv)
+    kept = kv_tokens_kept(spec, prompt + output)
+    workspace_tokens = max(prompt, 2048)
+    workspace = activation_workspace_bytes(spec, workspace_tokens, tp, precision)
+    usable = device.memory_bytes * memory_utilization
+    free_for_kv = usable - w_dev - workspace
+    max_batch = max(0, math.floor(free_for_kv / (kept * kv_tok_dev))) if kept else 0
+    kv_peak_dev = batch * kept * kv_tok_dev
+
+    context = prompt + output // 2
+    split = flops_per_token(spec, context)
+    layers_total = sum(split.values())
+    lm = lm_head_flops_per_token(spec)
+
+    prefill = Work.prefill(batch, prompt)
+    t_pre, f_pre, b_pre = _step_floor(spec, device, tp, pp, precision, prefill, batch)
+    decode = Work.decode(batch, kv_tokens_kept(spec, prompt))
+    t_dec, f_dec, b_dec = _step_floor(spec, device, tp, pp, precision, decode, batch)
+    ridge = device.ridge_flops_per_byte(precision.compute_dtype)
+    i_pre, i_dec = f_pre / b_pre, f_dec / b_dec
+
+    return Analysis(
+        model=spec.name,
+        device=device.name,
+        tp=tp,
+        pp=pp,
+        batch=batch,
+        prompt=prompt,
+        output=output,
+        weight_dtype=precision.weights,
+        activation_dtype=precision.activations,
+        kv_dtype=precision.kv,
+        params=total_params(spec),
+        non_embedding_params=non_embedding_params(spec),
+        weight_bytes=total_params(spec) * precision.w_bytes,
+        weight_bytes_per_device=w_dev,
+        kv_bytes_per_token=kv_tok,
+        kv_bytes_per_token_per_device=kv_tok_dev,
+        kv_bytes_peak=batch * kept * kv_tok,
+        kv_bytes_peak_per_device=kv_peak_dev,
+        activation_workspace_bytes=workspace,
+        memory_bytes_per_device=device.memory_bytes,
+        fits=w_dev + workspace + kv_peak_dev <= usable,
+        max_batch=max_batch,
+        flops_per_token=layers_total + lm,
+        flops_per_token_context=context,
+        flops_split={k: v / layers_total for k, v in split.items()},
+        lm_head_flops_per_token=lm,
+        ridge_flops_per_byte=ridge,
+        prefill_intensity_flops_per_byte=i_pre,
+        decode_intensity_flops_per_byte=i_dec,
+        prefill_bound="compute" if i_pre >= ridge else "memory",
+        decode_bound="compute" if i_dec >= ridge else "memory",
+        prefill_latency_floor_s=t_pre,
+        decode_latency_floor_s=t_dec,
+    )

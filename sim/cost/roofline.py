@@ -1,0 +1,71 @@
+"""The roofline kernel: an op takes max(FLOPs / (peak·η_c), bytes / (bandwidth·η_m))
+plus one kernel launch.
+
+η (the device's `efficiency`) derates peak to what tuned kernels reach; with η ≤ 1 the
+price is never below the physical roofline, which `floor_time` gives with η = 1 and no
+launch overhead.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from sim.hardware import DeviceSpec
+from sim.model import Op, Precision, Work, op_active, op_bytes, op_flops
+
+
+class OpKernel(Protocol):
+    """Prices one op of one layer on one device for a unit of work."""
+
+    device: DeviceSpec
+    precision: Precision
+
+    def op_time(self, op: Op, work: Work) -> float: ...
+
+    def source(self, op: Op) -> str: ...
+
+
+class RooflineKernel:
+    def __init__(self, device: DeviceSpec, precision: Precision, *, ideal: bool = False):
+        self.device = device
+        self.precision = precision
+        eff = device.efficiency
+        self.flops_per_s = device.flops(precision.compute_dtype) * (1.0 if ideal else eff.compute)
+        self.bytes_per_s = device.memory_bandwidth_bytes_per_s * (1.0 if ideal else eff.memory)
+        self.launch_s = 0.0 if ideal else device.launch_overhead_s
+
+    def op_time(self, op: Op, work: Work) -> float:
+        if op.kind == "all_reduce" or not op_active(op, work):
+            return 0.0
+        flops = op_flops(op, work)
+        moved = op_bytes(op, work, self.precision)
+        return max(flops / self.flops_per_s, moved / self.bytes_per_s) + self.launch_s
+
+    def decode_attention_times(self, op: Op, seqs: int, kv_tokens: np.ndarray) -> np.ndarray:
+        """`op_time` of decode attention for many KV totals at once (exact, vectorised):
+        FLOPs and bytes are both affine in the KV tokens read."""
+        if seqs == 0:
+            return np.zeros_like(kv_tokens)
+        p = self.precision
+        per_kv_flops = 4.0 * op.heads * op.head_dim
+        per_kv_bytes = 2.0 * op.kv_heads * op.head_dim * p.kv_bytes
+        fixed_bytes = seqs * (2 * op.heads * op.head_dim * p.a_bytes + per_kv_bytes)
+        compute = kv_tokens * (per_kv_flops / self.flops_per_s)
+        memory = (fixed_bytes + kv_tokens * per_kv_bytes) / self.bytes_per_s
+        out: np.ndarray = np.maximum(compute, memory) + self.launch_s
+        return out
+
+    def source(self, op: Op) -> str:
+        return "roofline"
+
+
+def floor_time(device: DeviceSpec, precision: Precision, op: Op, work: Work) -> float:
+    """The physical lower bound of an op: peak FLOP/s and peak bandwidth, no overhead."""
+    if op.kind == "all_reduce" or not op_active(op, work):
+        return 0.0
+    return max(
+        op_flops(op, work) / device.flops(precision.compute_dtype),
+        op_bytes(op, work, precision) / device.memory_bandwidth_bytes_per_s,
+    )

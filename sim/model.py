@@ -1,0 +1,476 @@
+"""A model as layers of ops with shapes, and the FLOPs and bytes each op costs.
+
+The arithmetic of the seeds lives here. A matmul of (m×k)·(k×n) is 2mkn FLOPs; it
+moves its weights (k·n elements), reads its input (m·k) and writes its output (m·n).
+Attention is FlashAttention-style: the s×s score matrix never reaches HBM, so prefill
+attention reads Q, K, V once and writes O, and decode attention reads the whole KV
+cache of every sequence. Element-wise ops (norms, activation, rotary, residual add)
+read and write their tensors once.
+
+Every op is the share one device of a `tp`-way tensor-parallel group holds and
+computes (Megatron 1D layout: QKV and MLP-up split by output columns, O and MLP-down
+by input rows; heads split across devices; K/V heads replicated when there are fewer
+than `tp`). Norms and residual adds are replicated on every device.
+
+Work is described by a `Work` record (query tokens, attention pairs, KV tokens read),
+so one call prices a whole micro-batch: nothing here loops over requests.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Literal
+
+from sim.errors import LlmsimError
+from sim.modelspec import ModelSpec
+from sim.units import dtype_bytes
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Separate dtypes for weights, activations and the KV cache. Matmuls run at the
+    activation dtype (weight-only int8/int4 dequantise on the fly)."""
+
+    weights: str = "bf16"
+    activations: str = "bf16"
+    kv: str = "bf16"
+
+    def __post_init__(self) -> None:
+        for role in ("weights", "activations", "kv"):
+            value = getattr(self, role)
+            try:
+                dtype_bytes(value)
+            except ValueError as exc:
+                raise LlmsimError(str(exc), key=f"precision.{role}") from None
+
+    @property
+    def w_bytes(self) -> float:
+        return dtype_bytes(self.weights)
+
+    @property
+    def a_bytes(self) -> float:
+        return dtype_bytes(self.activations)
+
+    @property
+    def kv_bytes(self) -> float:
+        return dtype_bytes(self.kv)
+
+    @property
+    def compute_dtype(self) -> str:
+        return self.activations
+
+
+OpKind = Literal["gemm", "attn_prefill", "attn_decode", "elementwise", "all_reduce"]
+
+
+@dataclass(frozen=True)
+class Op:
+    """One op of one layer on one device.
+
+    gemm: `k` -> `n` per token, `count` identical matrices (MoE experts), of which
+    `routed` of the tokens' `top_k` choices reach (1 for dense layers).
+    attention: `heads`, `kv_heads` and `head_dim` held by this device.
+    elementwise: `read_elems` and `write_elems` per token, `flops_per_token`.
+    all_reduce: `elems` per token.
+    """
+
+    name: str
+    kind: OpKind
+    n: int = 0
+    k: int = 0
+    count: int = 1
+    top_k: int = 0
+    heads: int = 0
+    kv_heads: int = 0
+    head_dim: int = 0
+    read_elems: float = 0.0
+    write_elems: float = 0.0
+    flops_per_token: float = 0.0
+    elems: int = 0
+
+
+@dataclass(frozen=True)
+class Work:
+    """What a micro-batch asks of one layer, summed over its sequences.
+
+    tokens: query tokens (prefill chunk tokens + one per decoding sequence).
+    prefill_tokens / prefill_pairs / prefill_kv_tokens: for the prefilling sequences,
+        their query tokens, their causal (query, key) pairs, and the keys they read
+        (context already cached plus the chunk).
+    decode_seqs / decode_kv_tokens: decoding sequences and the KV tokens they read.
+    """
+
+    tokens: int = 0
+    prefill_tokens: int = 0
+    prefill_pairs: float = 0.0
+    prefill_kv_tokens: int = 0
+    decode_seqs: int = 0
+    decode_kv_tokens: int = 0
+
+    @staticmethod
+    def prefill(batch: int, prompt: int, cached: int = 0) -> Work:
+        """`batch` sequences each prefilling `prompt` tokens after `cached` ones."""
+        pairs = batch * (prompt * cached + prompt * (prompt + 1) / 2)
+        return Work(
+            tokens=batch * prompt,
+            prefill_tokens=batch * prompt,
+            prefill_pairs=pairs,
+            prefill_kv_tokens=batch * (cached + prompt),
+        )
+
+    @staticmethod
+    def decode(batch: int, context: int) -> Work:
+        """`batch` sequences each generating one token against `context` cached ones."""
+        return Work(tokens=batch, decode_seqs=batch, decode_kv_tokens=batch * context)
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """The ops of one transformer layer on one device of a `tp` group."""
+
+    model: ModelSpec
+    tp: int
+    precision: Precision
+    ops: tuple[Op, ...] = field(repr=False)
+    weight_bytes: float
+
+    def flops(self, work: Work) -> float:
+        return sum(op_flops(op, work) for op in self.ops)
+
+    def bytes(self, work: Work) -> float:
+        return sum(op_bytes(op, work, self.precision) for op in self.ops)
+
+
+def check_tp(model: ModelSpec, tp: int) -> None:
+    """Raise if `tp` cannot split this model's heads and MLP evenly."""
+    if tp < 1:
+        raise LlmsimError(f"tp must be at least 1, got {tp}", key="parallel.tp")
+    if model.n_heads % tp:
+        raise LlmsimError(
+            f"{tp} does not divide n_heads={model.n_heads} of {model.name}; "
+            f"valid tp: {', '.join(str(t) for t in valid_tp(model))}",
+            key="parallel.tp",
+        )
+    kv = model.kv_heads
+    if kv % tp and tp % kv:
+        raise LlmsimError(
+            f"{tp} neither divides nor is a multiple of n_kv_heads={kv} of {model.name}",
+            key="parallel.tp",
+        )
+    if model.d_ff_expert % tp:
+        raise LlmsimError(
+            f"{tp} does not divide d_ff={model.d_ff_expert} of {model.name}", key="parallel.tp"
+        )
+
+
+def valid_tp(model: ModelSpec, limit: int = 64) -> list[int]:
+    out = []
+    for t in range(1, limit + 1):
+        kv = model.kv_heads
+        if model.n_heads % t == 0 and (kv % t == 0 or t % kv == 0) and model.d_ff_expert % t == 0:
+            out.append(t)
+    return out
+
+
+@functools.cache
+def layer_plan(model: ModelSpec, tp: int = 1, precision: Precision = Precision()) -> LayerPlan:
+    """The per-device ops of one layer under `tp`-way tensor parallelism."""
+    check_tp(model, tp)
+    d, dh = model.d_model, model.head_dim
+    heads = model.n_heads // tp
+    kv_heads = max(1, model.kv_heads // tp)  # replicated when kv_heads < tp
+    q_local, kv_local = heads * dh, kv_heads * dh
+    ops: list[Op] = []
+    n_norms = 1 if model.parallel_block else 2
+    for i in range(n_norms):
+        ops.append(
+            Op(
+                f"norm{'' if i == 0 else '_2'}",
+                "elementwise",
+                read_elems=d,
+                write_elems=d,
+                flops_per_token=5 * d,
+            )
+        )
+    ops.append(Op("qkv_proj", "gemm", n=q_local + 2 * kv_local, k=d))
+    if model.position == "rotary":
+        rot = q_local + kv_local
+        ops.append(
+            Op("rotary", "elementwise", read_elems=rot, write_elems=rot, flops_per_token=3 * rot)
+        )
+    ops.append(Op("attn_prefill", "attn_prefill", heads=heads, kv_heads=kv_heads, head_dim=dh))
+    ops.append(Op("attn_decode", "attn_decode", heads=heads, kv_heads=kv_heads, head_dim=dh))
+    ops.append(Op("o_proj", "gemm", n=d, k=q_local))
+    if not model.parallel_block:
+        ops.append(
+            Op("residual_add", "elementwise", read_elems=2 * d, write_elems=d, flops_per_token=d)
+        )
+    if tp > 1 and not model.parallel_block:
+        ops.append(Op("all_reduce", "all_reduce", elems=d))
+
+    if model.moe is not None:
+        moe = model.moe
+        ff = model.d_ff_expert // tp
+        ops.append(Op("moe_router", "gemm", n=moe.n_experts, k=d))
+        if model.mlp == "gated":
+            ops.append(Op("mlp_gate", "gemm", n=ff, k=d, count=moe.n_experts, top_k=moe.top_k))
+        ops.append(Op("mlp_up", "gemm", n=ff, k=d, count=moe.n_experts, top_k=moe.top_k))
+        act_in = (2 if model.mlp == "gated" else 1) * ff * moe.top_k
+        ops.append(
+            Op(
+                "mlp_act",
+                "elementwise",
+                read_elems=act_in,
+                write_elems=ff * moe.top_k,
+                flops_per_token=4 * ff * moe.top_k,
+            )
+        )
+        ops.append(Op("mlp_down", "gemm", n=d, k=ff, count=moe.n_experts, top_k=moe.top_k))
+    else:
+        ff = model.d_ff // tp
+        if model.mlp == "gated":
+            ops.append(Op("mlp_gate", "gemm", n=ff, k=d))
+        ops.append(Op("mlp_up", "gemm", n=ff, k=d))
+        act_in = 2 * ff if model.mlp == "gated" else ff
+        ops.append(
+            Op("mlp_act", "elementwise", read_elems=act_in, write_elems=ff, flops_per_token=4 * ff)
+        )
+        ops.append(Op("mlp_down", "gemm", n=d, k=ff))
+    ops.append(
+        Op("residual_add_2", "elementwise", read_elems=2 * d, write_elems=d, flops_per_token=d)
+    )
+    if tp > 1:
+        ops.append(Op("all_reduce_2", "all_reduce", elems=d))
+    plan_ops = tuple(ops)
+    weights = layer_weight_elems(model, tp) * precision.w_bytes
+    return LayerPlan(model, tp, precision, plan_ops, weights)
+
+
+# --------------------------------------------------------------------------- per op
+
+
+def moe_active_experts(count: int, top_k: int, tokens: int) -> float:
+    """Expected distinct experts hit when `tokens` tokens each pick `top_k` of `count`
+    experts uniformly: count·(1 − (1 − k/count)^tokens)."""
+    if count <= 1 or top_k == 0:
+        return float(count)
+    return count * (1.0 - (1.0 - top_k / count) ** tokens)
+
+
+def op_flops(op: Op, work: Work) -> float:
+    if op.kind == "gemm":
+        rows = work.tokens * (op.top_k if op.top_k else 1)
+        return 2.0 * rows * op.k * op.n
+    if op.kind == "attn_prefill":
+        return 4.0 * work.prefill_pairs * op.heads * op.head_dim
+    if op.kind == "attn_decode":
+        return 4.0 * work.decode_kv_tokens * op.heads * op.head_dim
+    if op.kind == "elementwise":
+        return op.flops_per_token * work.tokens
+    return 0.0
+
+
+def op_bytes(op: Op, work: Work, precision: Precision) -> float:
+    a, kvb = precision.a_bytes, precision.kv_bytes
+    if op.kind == "gemm":
+        if work.tokens == 0:
+            return 0.0
+        matrices = (
+            moe_active_experts(op.count, op.top_k, work.tokens) if op.top_k else float(op.count)
+        )
+        rows = work.tokens * (op.top_k if op.top_k else 1)
+        return matrices * op.k * op.n * precision.w_bytes + rows * (op.k + op.n) * a
+    if op.kind == "attn_prefill":
+        if work.prefill_tokens == 0:
+            return 0.0
+        q_o = 2 * work.prefill_tokens * op.heads * op.head_dim * a
+        kv_read = work.prefill_kv_tokens * 2 * op.kv_heads * op.head_dim * kvb
+        kv_write = work.prefill_tokens * 2 * op.kv_heads * op.head_dim * kvb
+        return q_o + kv_read + kv_write
+    if op.kind == "attn_decode":
+        if work.decode_seqs == 0:
+            return 0.0
+        q_o = 2 * work.decode_seqs * op.heads * op.head_dim * a
+        kv_read = work.decode_kv_tokens * 2 * op.kv_heads * op.head_dim * kvb
+        kv_write = work.decode_seqs * 2 * op.kv_heads * op.head_dim * kvb
+        return q_o + kv_read + kv_write
+    if op.kind == "elementwise":
+        return (op.read_elems + op.write_elems) * work.tokens * a
+    return 0.0
+
+
+def op_active(op: Op, work: Work) -> bool:
+    """Whether an op launches a kernel for this work (no decode kernel without decodes)."""
+    if op.kind == "attn_prefill":
+        return work.prefill_tokens > 0
+    if op.kind == "attn_decode":
+        return work.decode_seqs > 0
+    return work.tokens > 0
+
+
+def all_reduce_bytes(op: Op, work: Work, precision: Precision) -> float:
+    """Payload of one all-reduce: every token's `elems` activations."""
+    return op.elems * work.tokens * precision.a_bytes
+
+
+# ----------------------------------------------------------------------- closed forms
+
+
+def norm_params(model: ModelSpec) -> int:
+    return 2 * model.d_model if model.norm == "layernorm" else model.d_model
+
+
+def attention_params(model: ModelSpec) -> int:
+    d = model.d_model
+    params = d * model.q_dim + 2 * d * model.kv_dim + model.q_dim * d
+    if model.has_qkv_bias:
+        params += model.q_dim + 2 * model.kv_dim
+    if model.bias:
+        params += d
+    return params
+
+
+def mlp_params(model: ModelSpec) -> int:
+    d = model.d_model
+    if model.moe is not None:
+        ff = model.d_ff_expert
+        per_expert = (3 if model.mlp == "gated" else 2) * d * ff
+        experts = model.moe.n_experts + model.moe.shared_experts
+        return experts * per_expert + d * model.moe.n_experts
+    ff = model.d_ff
+    mats = 3 if model.mlp == "gated" else 2
+    params = mats * d * ff
+    if model.bias:
+        params += (mats - 1) * ff + d
+    return params
+
+
+def layer_params(model: ModelSpec) -> int:
+    """Parameters of one transformer layer: 12d² + 13d for a GPT-style MHA block."""
+    n_norms = 1 if model.parallel_block else 2
+    return attention_params(model) + mlp_params(model) + n_norms * norm_params(model)
+
+
+def embedding_params(model: ModelSpec) -> int:
+    d = model.d_model
+    params = model.vocab_size * d
+    if model.position == "learned":
+        params += model.max_seq_len * d
+    if not model.tied_embeddings and not model.encoder_only:
+        params += model.vocab_size * d
+    return params
+
+
+def non_embedding_params(model: ModelSpec) -> int:
+    """Parameters of the transformer layers alone (the seeds' count)."""
+    return model.n_layers * layer_params(model)
+
+
+def total_params(model: ModelSpec) -> int:
+    return non_embedding_params(model) + embedding_params(model) + norm_params(model)
+
+
+def active_params(model: ModelSpec) -> int:
+    """Parameters a token touches (MoE: top_k of the experts)."""
+    if model.moe is None:
+        return total_params(model)
+    d, ff = model.d_model, model.d_ff_expert
+    inactive = (model.moe.n_experts - model.moe.top_k) * 3 * d * ff
+    return total_params(model) - model.n_layers * inactive
+
+
+def layer_weight_elems(model: ModelSpec, tp: int) -> float:
+    """Weight elements one device of a `tp` group holds for one layer."""
+    d, dh = model.d_model, model.head_dim
+    heads = model.n_heads // tp
+    kv_heads = max(1, model.kv_heads // tp)
+    q_local, kv_local = heads * dh, kv_heads * dh
+    attn = d * (q_local + 2 * kv_local) + q_local * d
+    if model.has_qkv_bias:
+        attn += q_local + 2 * kv_local
+    if model.bias:
+        attn += d
+    if model.moe is not None:
+        ff = model.d_ff_expert // tp
+        mats = 3 if model.mlp == "gated" else 2
+        mlp = (model.moe.n_experts + model.moe.shared_experts) * mats * d * ff
+        mlp += d * model.moe.n_experts
+    else:
+        ff = model.d_ff // tp
+        mats = 3 if model.mlp == "gated" else 2
+        mlp = mats * d * ff + ((mats - 1) * ff + d if model.bias else 0)
+    n_norms = 1 if model.parallel_block else 2
+    return float(attn + mlp + n_norms * norm_params(model))
+
+
+def embedding_weight_elems(model: ModelSpec, tp: int) -> float:
+    """Embedding and LM-head elements per device (vocab-parallel over `tp`)."""
+    d = model.d_model
+    elems = model.vocab_size * d / tp
+    if model.position == "learned":
+        elems += model.max_seq_len * d
+    if not model.tied_embeddings and not model.encoder_only:
+        elems += model.vocab_size * d / tp
+    return elems + norm_params(model)
+
+
+def kv_bytes_per_token(model: ModelSpec, kv_dtype: str = "bf16") -> float:
+    """2 (K and V) · n_layers · n_kv_heads · d_head · bytes: 4·l·d in bf16 for MHA."""
+    return 2.0 * model.n_layers * model.kv_dim * dtype_bytes(kv_dtype)
+
+
+def kv_tokens_kept(model: ModelSpec, context: int) -> int:
+    """Tokens of KV a sequence keeps: the whole context, or the sliding window."""
+    if model.sliding_window is not None:
+        return min(context, model.sliding_window)
+    return context
+
+
+def kv_bytes_peak(
+    model: ModelSpec, batch: int, prompt: int, output: int, kv_dtype: str = "bf16"
+) -> float:
+    """bytes · 2 · b · l · h · (s + n): the KV cache at the end of generation."""
+    return batch * kv_tokens_kept(model, prompt + output) * kv_bytes_per_token(model, kv_dtype)
+
+
+def flops_per_token(model: ModelSpec, context: int = 0) -> dict[str, float]:
+    """Forward FLOPs of one token through all layers, split by op, at a KV `context`.
+
+    At context 0 a GPT block gives 24d² per layer: 6d² QKV, 2d² output projection,
+    16d² FFN. Attention (QKᵀ and PV) adds 4·context·n_heads·d_head per layer.
+    """
+    d, layers = model.d_model, model.n_layers
+    kept = kv_tokens_kept(model, context)
+    if model.moe is not None:
+        mats = 3 if model.mlp == "gated" else 2
+        ffn = 2.0 * model.moe.top_k * mats * d * model.d_ff_expert + 2.0 * d * model.moe.n_experts
+    else:
+        ffn = 2.0 * (3 if model.mlp == "gated" else 2) * d * model.d_ff
+    split = {
+        "qkv": 2.0 * d * (model.q_dim + 2 * model.kv_dim) * layers,
+        "attention": 4.0 * kept * model.q_dim * layers,
+        "o_proj": 2.0 * model.q_dim * d * layers,
+        "ffn": ffn * layers,
+    }
+    return split
+
+
+def lm_head_flops_per_token(model: ModelSpec) -> float:
+    return 0.0 if model.encoder_only else 2.0 * model.d_model * model.vocab_size
+
+
+def activation_workspace_bytes(
+    model: ModelSpec, tokens: int, tp: int, precision: Precision
+) -> float:
+    """Peak transient activations of one forward pass over `tokens` tokens on one device:
+    the residual stream and the widest intermediate (QKV or MLP), plus fp32 logits for
+    the sequences that sample. A profile-free stand-in for vLLM's measured peak."""
+    dh = model.head_dim
+    qkv = (model.n_heads // tp + 2 * max(1, model.kv_heads // tp)) * dh
+    ff = model.d_ff_expert // tp
+    mlp = (2 if model.mlp == "gated" or model.moe else 1) * ff
+    widest = max(qkv, mlp + ff)
+    per_token = (3 * model.d_model + widest) * precision.a_bytes
+    logits = min(tokens, 256) * model.vocab_size / tp * 4.0
+    return tokens * per_token + logits
