@@ -243,3 +243,32 @@ def analyze(
         prefill_latency_floor_s=t_pre,
         decode_latency_floor_s=t_dec,
     )
+
+
+def analyze_scenario(path: str, **overrides: Any) -> Analysis:
+    """`analyze` at a scenario's model, device, parallelism and dtypes; prompt and output
+    default to the workload's mean lengths, batch to 1. Keyword overrides win."""
+    import numpy as np
+
+    from sim.scenario import load_scenario
+    from sim.workload import generate
+
+    s = load_scenario(path)
+    arrivals = generate(s.workload, s.seed, s.base_dir)
+    prompt = round(float(np.mean(arrivals.prompt_tokens))) if len(arrivals) else 512
+    output = round(float(np.mean(arrivals.output_tokens))) if len(arrivals) else 128
+    p = s.precision.build()
+    kwargs: dict[str, Any] = {
+        "tp": s.parallel.tp,
+        "pp": s.parallel.pp,
+        "batch": 1,
+        "prompt": prompt,
+        "output": output,
+        "dtype": p.weights,
+        "kv_dtype": p.kv,
+        "activation_dtype": p.activations,
+        "memory_utilization": s.scheduler.policy_params().gpu_memory_utilization,
+    }
+    kwargs.update(overrides)
+    device = cluster_device(s.cluster)
+    return analyze(s.model, device, **kwargs)

@@ -150,7 +150,7 @@ def _run_analyze(ns: argparse.Namespace) -> int:
     if ns.act_dtype:
         kwargs["activation_dtype"] = ns.act_dtype
     if ns.scenario:
-        from sim.scenario_analysis import analyze_scenario
+        from sim.analyze import analyze_scenario
 
         result = analyze_scenario(ns.scenario, **kwargs)
     else:
