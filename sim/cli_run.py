@@ -1,0 +1,67 @@
+"""`llmsim run`: simulate one scenario, print its summary, write its results."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sim.errors import LlmsimError
+
+
+def setup(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="simulate one scenario; print a summary; write results",
+        description="Simulate a YAML scenario end to end. Writes summary.json, the "
+        "resolved scenario and per-request/iteration/device/link records to --out (or "
+        "the scenario's output.dir), and prints a summary table.",
+    )
+    p.add_argument("scenario", help="scenario YAML path or catalog name")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any key, e.g. --set parallel.tp=2 (repeatable)",
+    )
+    p.add_argument("--out", help="results directory (default: the scenario's output.dir)")
+    p.add_argument("--format", choices=["parquet", "csv"], help="record format")
+    p.add_argument("--no-records", action="store_true", help="write summary.json only")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument(
+        "--progress",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="progress bar on stderr (auto: only on a terminal)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(ns: argparse.Namespace) -> int:
+    from sim.engine.run import simulate
+    from sim.report import summary_json, summary_table, write_results
+    from sim.scenario import load_scenario
+
+    scenario = load_scenario(ns.scenario, ns.overrides)
+    progress = {"auto": None, "on": True, "off": False}[ns.progress]
+    results = simulate(scenario, progress=progress)
+    out = ns.out or scenario.output.dir
+    if out:
+        try:
+            write_results(
+                results,
+                out,
+                ns.format or scenario.output.format,
+                records=scenario.output.records and not ns.no_records,
+            )
+        except OSError as exc:
+            raise LlmsimError(f"cannot write results: {exc.strerror}", file=str(out)) from None
+    if ns.json:
+        print(summary_json(results.summary))
+    else:
+        print(summary_table(results.summary))
+        if out:
+            print(f"\nresults in {out}")
+        print(f"({results.wall_s:.2f} s wall, {results.events:,} events)", file=sys.stderr)
+    return 0

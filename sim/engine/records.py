@@ -1,0 +1,137 @@
+"""Flat records of a run: per request, per iteration (or leap), per device and link.
+
+Request records are columns preallocated for every request of the workload (the
+arrival generator knows how many), filled in when a request finishes or is rejected;
+iteration records are appended to typed arrays. No per-request Python objects outlive
+the request, and `to_frames` turns the columns into pandas DataFrames afterwards.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+
+from sim.engine.request import Req
+
+PENDING, FINISHED, REJECTED = 0, 1, 2
+
+
+class Recorder:
+    def __init__(self, n_requests: int, on_progress: Callable[[int], None] | None = None):
+        self.n = n_requests
+        self.replica = np.full(n_requests, -1, dtype=np.int32)
+        self.scheduled_s = np.full(n_requests, np.nan)
+        self.first_token_s = np.full(n_requests, np.nan)
+        self.finish_s = np.full(n_requests, np.nan)
+        self.preemptions = np.zeros(n_requests, dtype=np.int32)
+        self.status = np.zeros(n_requests, dtype=np.int8)
+        self.reasons: dict[int, str] = {}
+        self.closed = 0
+        self._on_progress = on_progress
+        self._it: dict[str, array] = {
+            "replica": array("i"),
+            "engine": array("i"),
+            "start_s": array("d"),
+            "end_s": array("d"),
+            "iterations": array("q"),
+            "prefill_tokens": array("q"),
+            "decode_seqs": array("q"),
+            "decode_kv_tokens": array("q"),
+            "prefills": array("i"),
+            "tokens_out": array("q"),
+            "kv_blocks_used": array("q"),
+            "kv_blocks_total": array("q"),
+        }
+        self.all_closed: Callable[[], None] | None = None
+
+    def _close(self) -> None:
+        self.closed += 1
+        if self._on_progress is not None:
+            self._on_progress(self.closed)
+        if self.closed == self.n and self.all_closed is not None:
+            self.all_closed()
+
+    def finish(self, req: Req, t: float) -> None:
+        i = req.id
+        self.replica[i] = req.replica
+        self.scheduled_s[i] = req.scheduled_s
+        self.first_token_s[i] = req.first_token_s
+        self.finish_s[i] = t
+        self.preemptions[i] = req.preemptions
+        self.status[i] = FINISHED
+        self._close()
+
+    def reject(self, req: Req, reason: str) -> None:
+        self.replica[req.id] = req.replica
+        self.status[req.id] = REJECTED
+        self.reasons[req.id] = reason
+        self._close()
+
+    def iteration(
+        self,
+        replica: int,
+        engine: int,
+        start: float,
+        end: float,
+        iterations: int,
+        prefill_tokens: int,
+        decode_seqs: int,
+        kv_tokens: int,
+        prefills: int,
+        tokens_out: int,
+        blocks_used: int,
+        blocks_total: int,
+    ) -> None:
+        it = self._it
+        it["replica"].append(replica)
+        it["engine"].append(engine)
+        it["start_s"].append(start)
+        it["end_s"].append(end)
+        it["iterations"].append(iterations)
+        it["prefill_tokens"].append(prefill_tokens)
+        it["decode_seqs"].append(decode_seqs)
+        it["decode_kv_tokens"].append(kv_tokens)
+        it["prefills"].append(prefills)
+        it["tokens_out"].append(tokens_out)
+        it["kv_blocks_used"].append(blocks_used)
+        it["kv_blocks_total"].append(blocks_total)
+
+    def iterations_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                k: np.frombuffer(v, dtype=v.typecode) if len(v) else np.array([], dtype=v.typecode)
+                for k, v in self._it.items()
+            }
+        )
+
+    def requests_frame(
+        self,
+        arrival_s: np.ndarray,
+        prompt: np.ndarray,
+        output: np.ndarray,
+        cls: np.ndarray,
+        class_names: tuple[str, ...],
+    ) -> pd.DataFrame:
+        status = np.array(["pending", "finished", "rejected"])[self.status]
+        reason = np.full(self.n, "", dtype=object)
+        for i, why in self.reasons.items():
+            reason[i] = why
+        return pd.DataFrame(
+            {
+                "request": np.arange(self.n),
+                "class": pd.Categorical.from_codes(cls, categories=pd.Index(list(class_names))),
+                "replica": self.replica,
+                "arrival_s": arrival_s,
+                "prompt_tokens": prompt,
+                "output_tokens": output,
+                "scheduled_s": self.scheduled_s,
+                "first_token_s": self.first_token_s,
+                "finish_s": self.finish_s,
+                "preemptions": self.preemptions,
+                "status": status,
+                "reject_reason": reason,
+            }
+        )

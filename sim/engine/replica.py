@@ -1,0 +1,359 @@
+"""A replica: pipeline stages on TP groups, driven by one process per virtual engine.
+
+Each virtual engine (one per pipeline micro-batch slot, vLLM-style; one when pp = 1)
+owns a `ReplicaState` and a batching policy and loops: ask the policy for a step,
+price it with the stage costs, hold the stages' devices for that long, commit.
+
+Granularity: one SimPy event per stage per micro-batch per iteration at most. With one
+stage, a run of identical decode-only steps (nothing can change until a request
+finishes or arrives) is one *leap*: its k step durations come from one vectorised cost
+call, one timeout covers them, and the state advances by k in O(1) (running sums, the
+finish heap and the block histogram). An arrival during a leap interrupts it; the leap
+is cut at the first step boundary at or after the arrival — exactly where a per-step
+simulation would next have looked at the queue — so leaping never changes results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import simpy
+
+from sim.cost.stage import StageCost
+from sim.engine.batching import BatchingPolicy, Step, pairs
+from sim.engine.records import Recorder
+from sim.engine.request import DONE, REJECTED, Req
+from sim.engine.state import NEVER, ReplicaState
+from sim.model import Work
+from sim.topology import Route
+
+MAX_LEAP = 1 << 16
+
+
+@dataclass
+class Stage:
+    """A TP group holding a block of layers: a SimPy resource and its costs."""
+
+    index: int
+    devices: tuple[int, ...]
+    cost: StageCost
+    resource: simpy.Resource
+    busy_s: float = 0.0
+    comm_s: float = 0.0
+    flops: float = 0.0  # per device
+    bytes: float = 0.0  # per device
+
+
+@dataclass
+class Transfer:
+    """A route whose directed links are SimPy resources, held for each transfer."""
+
+    route: Route
+    links: list[simpy.Resource]
+    edges: tuple[tuple[str, str], ...]
+    busy: dict[tuple[str, str], float] = field(default_factory=dict)
+
+
+class Replica:
+    def __init__(
+        self,
+        env: simpy.Environment,
+        index: int,
+        stages: list[Stage],
+        engines: list[tuple[ReplicaState, BatchingPolicy]],
+        recorder: Recorder,
+        sends: list[Transfer],
+        host: Transfer | None,
+        leap: bool,
+        act_bytes_per_token: float,
+    ):
+        self.env = env
+        self.index = index
+        self.stages = stages
+        self.recorder = recorder
+        self.sends = sends
+        self.host = host
+        self.act_bytes_per_token = act_bytes_per_token
+        self.engines = [
+            VirtualEngine(self, i, st, policy, leap and len(stages) == 1)
+            for i, (st, policy) in enumerate(engines)
+        ]
+        self._next_engine = 0
+
+    # ------------------------------------------------------------------ routing view
+    @property
+    def outstanding(self) -> int:
+        return sum(e.state.outstanding for e in self.engines)
+
+    @property
+    def kv_free_fraction(self) -> float:
+        free = sum(e.state.blocks.free for e in self.engines)
+        total = sum(e.state.blocks.total for e in self.engines) or 1
+        return free / total
+
+    def admit(self, req: Req) -> None:
+        """A request arrives at this replica (from the router)."""
+        req.replica = self.index
+        if len(self.engines) == 1:
+            engine = self.engines[0]
+        else:  # the least-loaded virtual engine, ties by index
+            engine = min(self.engines, key=lambda e: (e.state.outstanding, e.index))
+        reason = engine.policy.reject_reason(req)
+        if reason is not None:
+            req.state = REJECTED
+            self.recorder.reject(req, reason)
+            return
+        engine.state.outstanding += 1
+        engine.state.waiting.append(req)
+        engine.wake()
+
+    def arrivals_done(self) -> None:
+        for e in self.engines:
+            e.policy.ctx.arrivals_done = True
+            e.wake()
+
+    def start(self) -> None:
+        for e in self.engines:
+            e.process = self.env.process(e.run())
+
+
+class VirtualEngine:
+    def __init__(
+        self,
+        replica: Replica,
+        index: int,
+        state: ReplicaState,
+        policy: BatchingPolicy,
+        leap: bool,
+    ):
+        self.replica = replica
+        self.env = replica.env
+        self.index = index
+        self.state = state
+        self.policy = policy
+        self.leap = leap
+        self.process: simpy.Process | None = None
+        self._idle: simpy.Event | None = None
+        self._leaping = False
+
+    def wake(self) -> None:
+        if self._idle is not None and not self._idle.triggered:
+            self._idle.succeed()
+        elif self._leaping and self.process is not None:
+            self._leaping = False
+            self.process.interrupt()
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> Generator[Any, Any, None]:
+        env = self.env
+        replica = self.replica
+        single = len(replica.stages) == 1
+        while True:
+            now = env.now
+            decision = self.policy.schedule(now)
+            if decision is None or isinstance(decision, float):
+                self._idle = env.event()
+                if isinstance(decision, float):
+                    yield self._idle | env.timeout(max(0.0, decision - now))
+                else:
+                    yield self._idle
+                self._idle = None
+                continue
+            step = decision
+            if step.swap_out_bytes or step.swap_in_bytes:
+                yield from self._swap(step)
+            if self.leap and step.decode and not step.prefills and step.repeat > 1:
+                k = self._leap_bound(step)
+                if k > 1:
+                    yield from self._leap(step, k)
+                    continue
+            work, logits = self._work(step)
+            start = env.now
+            if single:
+                stage = replica.stages[0]
+                t = stage.cost.time(work, logits)
+                self._account(stage, work, logits, t)
+                yield env.timeout(t)
+            else:
+                yield from self._through_stages(work, logits)
+            self._commit(step, work, start, env.now)
+
+    # ------------------------------------------------------------------ pricing
+    def _work(self, step: Step) -> tuple[Work, int]:
+        st = self.state
+        pt = pkv = completing = 0
+        pp = 0.0
+        for req, chunk in step.prefills:
+            done = req.prefilled
+            pt += chunk
+            pp += pairs(chunk, done)
+            pkv += done + chunk
+            if done + chunk >= req.target:
+                completing += 1
+        pt += step.pad_prefill_tokens
+        pp += step.pad_prefill_pairs
+        pkv += step.pad_prefill_tokens
+        ds = dkv = 0
+        if step.decode:
+            ds = st.decoders + step.pad_decode_seqs
+            dkv = st.kv_sum + step.pad_decode_kv
+        work = Work(
+            tokens=pt + ds,
+            prefill_tokens=pt,
+            prefill_pairs=pp,
+            prefill_kv_tokens=pkv,
+            decode_seqs=ds,
+            decode_kv_tokens=dkv,
+        )
+        return work, ds + completing
+
+    def _account(self, stage: Stage, work: Work, logits: int, seconds: float) -> None:
+        stage.busy_s += seconds
+        stage.comm_s += stage.cost.comm_part_s(work.tokens)
+        stage.flops += stage.cost.flops(work, logits)
+        stage.bytes += stage.cost.bytes(work)
+
+    def _through_stages(self, work: Work, logits: int) -> Generator[Any, Any, None]:
+        env = self.env
+        stages = self.replica.stages
+        last = len(stages) - 1
+        for s, stage in enumerate(stages):
+            with stage.resource.request() as slot:
+                yield slot
+                t = stage.cost.time(work, logits if s == last else 0)
+                self._account(stage, work, logits if s == last else 0, t)
+                yield env.timeout(t)
+            if s < last:
+                size = work.tokens * self.replica.act_bytes_per_token
+                yield from transfer(env, self.replica.sends[s], size)
+
+    def _swap(self, step: Step) -> Generator[Any, Any, None]:
+        host = self.replica.host
+        size = step.swap_out_bytes + step.swap_in_bytes
+        if host is not None and size > 0:
+            yield from transfer(self.env, host, size)
+
+    # ------------------------------------------------------------------ commit
+    def _commit(self, step: Step, work: Work, start: float, end: float) -> None:
+        st = self.state
+        rec = self.replica.recorder
+        tokens_out = st.decoders if step.decode else 0
+        if step.decode:
+            self.policy.grow(1)
+            st.advance(1)
+            for _, req in st.pop_finished():
+                self._finish(req, end, req.kv0)
+        for req, chunk in step.prefills:
+            req.prefilled += chunk
+            if req.prefilled < req.target:
+                continue
+            if req in st.prefilling:
+                st.prefilling.remove(req)
+            req.generated += 1
+            tokens_out += 1
+            if req.first_token_s < 0:
+                req.first_token_s = end
+            if req.generated >= req.output:
+                self._finish(req, end, st.kept(req.target))
+            else:
+                st.start_decode(req)
+        rec.iteration(
+            self.replica.index,
+            self.index,
+            start,
+            end,
+            1,
+            work.prefill_tokens,
+            work.decode_seqs,
+            work.decode_kv_tokens,
+            len(step.prefills),
+            tokens_out,
+            st.blocks.used,
+            st.blocks.total,
+        )
+
+    def _finish(self, req: Req, t: float, kept_tokens: int) -> None:
+        req.state = DONE
+        self.state.outstanding -= 1
+        self.policy.release(req, kept_tokens)
+        self.replica.recorder.finish(req, t)
+
+    # ------------------------------------------------------------------ leaps
+    def _leap_bound(self, step: Step) -> int:
+        st = self.state
+        k = min(
+            step.repeat,
+            st.next_finish_step() - st.step,
+            st.next_window_step() - st.step,
+            self.policy.decode_bound(),
+            MAX_LEAP,
+        )
+        return max(k, 1) if k != NEVER else MAX_LEAP
+
+    def _leap(self, step: Step, k: int) -> Generator[Any, Any, None]:
+        env = self.env
+        st = self.state
+        stage = self.replica.stages[0]
+        real = st.decoders
+        seqs = real + step.pad_decode_seqs
+        kv0 = st.kv_sum + step.pad_decode_kv
+        growth = st.growing + step.pad_decode_seqs
+        times = stage.cost.decode_times(seqs, kv0, growth, k)
+        start = env.now
+        ends = np.cumsum(times) + start
+        done = k
+        self._leaping = True
+        try:
+            yield env.timeout(float(ends[-1]) - start)
+        except simpy.Interrupt:
+            j = min(int(np.searchsorted(ends, env.now, side="left")), k - 1)
+            done = j + 1
+            yield env.timeout(max(0.0, float(ends[j]) - env.now))
+        self._leaping = False
+        end = float(ends[done - 1])
+        busy = end - start
+        stage.busy_s += busy
+        stage.comm_s += stage.cost.comm_part_s(seqs) * done
+        stage.flops += stage.cost.decode_flops(seqs, kv0, growth, done)
+        stage.bytes += stage.cost.decode_bytes(seqs, kv0, growth, done)
+        used0 = st.blocks.used
+        self.policy.grow(done)
+        base = st.step
+        st.advance(done)
+        for at, req in st.pop_finished():
+            self._finish(req, float(ends[at - base - 1]), req.kv0)
+        self.replica.recorder.iteration(
+            self.replica.index,
+            self.index,
+            start,
+            end,
+            done,
+            0,
+            seqs,
+            kv0,
+            0,
+            real * done,
+            (used0 + st.blocks.used) // 2,
+            st.blocks.total,
+        )
+
+
+def transfer(
+    env: simpy.Environment, path: Transfer, size_bytes: float
+) -> Generator[Any, Any, None]:
+    """Hold every link of a route for the transfer (circuit-style), acquired in a fixed
+    order so that transfers never deadlock."""
+    seconds = path.route.transfer_s(size_bytes)
+    if seconds <= 0:
+        return
+    requests = [link.request() for link in path.links]
+    for r in requests:
+        yield r
+    yield env.timeout(seconds)
+    for link, r in zip(path.links, requests, strict=True):
+        link.release(r)
+    for edge in path.edges:
+        path.busy[edge] = path.busy.get(edge, 0.0) + seconds

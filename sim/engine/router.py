@@ -1,0 +1,86 @@
+"""Routers: which replica a new request goes to (a registry of small strategies).
+
+A router sees the replicas' load through two numbers each — requests outstanding
+and the free share of KV blocks — and breaks ties by replica index, so routing is
+deterministic given the seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import numpy as np
+
+
+class ReplicaView(Protocol):
+    index: int
+
+    @property
+    def outstanding(self) -> int: ...
+
+    @property
+    def kv_free_fraction(self) -> float: ...
+
+
+class RouterPolicy(Protocol):
+    def next_replica(self, replicas: Sequence[ReplicaView]) -> int: ...
+
+
+class RoundRobin:
+    def __init__(self, rng: np.random.Generator):
+        self._next = 0
+
+    def next_replica(self, replicas: Sequence[ReplicaView]) -> int:
+        i = self._next % len(replicas)
+        self._next += 1
+        return i
+
+
+class Random:
+    """Uniform at random; draws in blocks from its own seeded stream."""
+
+    def __init__(self, rng: np.random.Generator):
+        self._rng = rng
+        self._buf: list[float] = []
+
+    def next_replica(self, replicas: Sequence[ReplicaView]) -> int:
+        if not self._buf:
+            self._buf = self._rng.random(4096).tolist()[::-1]
+        return min(int(self._buf.pop() * len(replicas)), len(replicas) - 1)
+
+
+class LeastOutstanding:
+    def __init__(self, rng: np.random.Generator):
+        pass
+
+    def next_replica(self, replicas: Sequence[ReplicaView]) -> int:
+        best, load = 0, replicas[0].outstanding
+        for i in range(1, len(replicas)):
+            o = replicas[i].outstanding
+            if o < load:
+                best, load = i, o
+        return best
+
+
+class LeastKV:
+    """The replica with the largest free share of KV blocks."""
+
+    def __init__(self, rng: np.random.Generator):
+        pass
+
+    def next_replica(self, replicas: Sequence[ReplicaView]) -> int:
+        best, free = 0, replicas[0].kv_free_fraction
+        for i in range(1, len(replicas)):
+            f = replicas[i].kv_free_fraction
+            if f > free:
+                best, free = i, f
+        return best
+
+
+ROUTERS: dict[str, Callable[[np.random.Generator], RouterPolicy]] = {
+    "round-robin": RoundRobin,
+    "random": Random,
+    "least-outstanding": LeastOutstanding,
+    "least-kv": LeastKV,
+}

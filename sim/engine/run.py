@@ -1,0 +1,292 @@
+"""`simulate(scenario)`: build the cluster and replicas, wire the processes, run, collect.
+
+Placement: replica r uses devices r·tp·pp … (r+1)·tp·pp − 1 of the cluster, stage s
+of it the tp consecutive devices from r·tp·pp + s·tp. A replica's KV capacity is what
+its most loaded device has left after weights and the activation workspace, in blocks;
+with pp > 1 it is shared out among the pipeline's virtual engines.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import simpy
+
+from sim.analyze import layers_per_stage
+from sim.cost.collectives import CollectiveModel
+from sim.cost.roofline import RooflineKernel
+from sim.cost.stage import StageCost
+from sim.engine.batching import POLICIES, PolicyContext
+from sim.engine.kv_cache import BlockManager
+from sim.engine.records import Recorder
+from sim.engine.replica import Replica, Stage, Transfer
+from sim.engine.request import Req
+from sim.engine.router import ROUTERS
+from sim.engine.state import ReplicaState
+from sim.errors import LlmsimError
+from sim.model import (
+    Precision,
+    activation_workspace_bytes,
+    embedding_weight_elems,
+    layer_plan,
+    layer_weight_elems,
+)
+from sim.scenario import Scenario
+from sim.topology import Cluster, build_cluster
+from sim.workload import Arrivals, generate
+
+ROUTER_STREAM = 1000  # spawn key of the router's random stream (workload streams are below)
+
+
+@dataclass
+class Results:
+    scenario: Scenario
+    summary: dict[str, Any]
+    requests: pd.DataFrame
+    iterations: pd.DataFrame
+    devices: pd.DataFrame
+    links: pd.DataFrame
+    wall_s: float
+    events: int
+
+
+class LinkPool:
+    """One SimPy resource per directed link, created when a transfer first needs it."""
+
+    def __init__(self, env: simpy.Environment, cluster: Cluster):
+        self.env = env
+        self.cluster = cluster
+        self.resources: dict[tuple[str, str], simpy.Resource] = {}
+        self.busy: dict[tuple[str, str], float] = {}
+
+    def path(self, src: str, dst: str) -> Transfer:
+        route = self.cluster.route(src, dst)
+        edges = tuple(sorted(route.edges))
+        links = [self.resources.setdefault(e, simpy.Resource(self.env, 1)) for e in edges]
+        return Transfer(route, links, edges, self.busy)
+
+
+@dataclass(frozen=True)
+class ReplicaPlan:
+    """Sizes shared by every replica of a scenario."""
+
+    stages: list[int]  # layers per stage
+    weight_bytes: list[float]  # per device, per stage
+    workspace_bytes: float
+    kv_bytes_per_token: list[float]  # per device, per stage
+    blocks: int  # KV blocks of a whole replica
+    block_bytes: float  # of the most KV-loaded stage's device
+
+
+def plan_replica(s: Scenario, cluster: Cluster, precision: Precision) -> ReplicaPlan:
+    model, par = s.model, s.parallel
+    params = s.scheduler.policy_params()
+    stages = list(par.layers_per_stage or layers_per_stage(model.n_layers, par.pp))
+    layer_w = layer_weight_elems(model, par.tp) * precision.w_bytes
+    emb = embedding_weight_elems(model, par.tp) * precision.w_bytes
+    weights = []
+    for i, layers in enumerate(stages):
+        w = layers * layer_w
+        if par.pp == 1:
+            w += emb
+        elif i == 0 or i == par.pp - 1:
+            w += emb / 2 if not model.tied_embeddings else emb
+        weights.append(w)
+    cap = getattr(params, "max_num_batched_tokens", None) or max(
+        params.max_model_len or model.max_seq_len, 2048
+    )
+    cap = min(cap, getattr(params, "token_budget", cap))
+    workspace = activation_workspace_bytes(model, cap, par.tp, precision)
+    kv_local = max(1, model.kv_heads // par.tp)
+    per_token = [2.0 * n * kv_local * model.head_dim * precision.kv_bytes for n in stages]
+    usable = cluster.device.memory_bytes * params.gpu_memory_utilization
+    bs = params.block_size
+    blocks = min(
+        math.floor((usable - w - workspace) / (bs * t))
+        for w, t in zip(weights, per_token, strict=True)
+    )
+    if blocks <= 0:
+        worst = max(weights)
+        need = worst + workspace
+        raise s.error(
+            f"{model.name} does not fit: a device needs {need / 1e9:.1f} GB for weights "
+            f"({worst / 1e9:.1f} GB) and activations ({workspace / 1e9:.1f} GB) before any KV "
+            f"cache, but {cluster.device.name} offers {usable / 1e9:.1f} GB "
+            f"({params.gpu_memory_utilization:.0%} of {cluster.device.memory_bytes / 1e9:.0f} GB); "
+            "raise tp or pp, or use a smaller weight dtype",
+            "parallel",
+        )
+    return ReplicaPlan(stages, weights, workspace, per_token, blocks, bs * max(per_token))
+
+
+def _stage_cost_key(col: CollectiveModel | None) -> tuple[float, ...]:
+    if col is None:
+        return ()
+    return (col.all_reduce_s(2.0**10), col.all_reduce_s(2.0**20))
+
+
+def build_replicas(
+    s: Scenario,
+    env: simpy.Environment,
+    cluster: Cluster,
+    recorder: Recorder,
+    pool: LinkPool,
+) -> tuple[list[Replica], ReplicaPlan]:
+    precision = s.precision.build()
+    model, par = s.model, s.parallel
+    plan = layer_plan(model, par.tp, precision)
+    sizes = plan_replica(s, cluster, precision)
+    kernel = RooflineKernel(cluster.device, precision)
+    params = s.scheduler.policy_params()
+    policy_cls = POLICIES[s.scheduler.policy]
+    max_model_len = params.max_model_len or model.max_seq_len
+    swap_bytes = getattr(params, "swap_space_bytes", 0.0)
+    shared_costs: dict[tuple[Any, ...], StageCost] = {}
+    replicas = []
+    engines_per = par.pipeline.microbatches or par.pp
+    for r in range(par.replicas):
+        base = r * par.devices_per_replica
+        stages = []
+        for i, layers in enumerate(sizes.stages):
+            devices = tuple(range(base + i * par.tp, base + (i + 1) * par.tp))
+            col = CollectiveModel(cluster, devices) if par.tp > 1 else None
+            key = (i, layers, *_stage_cost_key(col))
+            cost = shared_costs.get(key)
+            if cost is None:
+                first, last = i == 0, i == len(sizes.stages) - 1
+                cost = StageCost(plan, layers, kernel, col, first=first, last=last)
+                shared_costs[key] = cost
+            stages.append(Stage(i, devices, cost, simpy.Resource(env, 1)))
+        sends = [
+            pool.path(f"dev{stages[i].devices[0]}", f"dev{stages[i + 1].devices[0]}")
+            for i in range(len(stages) - 1)
+        ]
+        host = pool.path(f"dev{base}", f"host{cluster.node_of(base)}")
+        engines = []
+        for _ in range(engines_per):
+            blocks = BlockManager(
+                sizes.blocks // engines_per, params.block_size, getattr(params, "watermark", 0.0)
+            )
+            state = ReplicaState(r, blocks, model.sliding_window, policy_cls.paged)
+            ctx = PolicyContext(
+                block_bytes=sizes.block_bytes,
+                max_model_len=max_model_len,
+                swap_blocks=int(swap_bytes // sizes.block_bytes) // engines_per,
+            )
+            engines.append((state, policy_cls(params, state, ctx)))
+        act_bytes = model.d_model * precision.a_bytes
+        replicas.append(
+            Replica(env, r, stages, engines, recorder, sends, host, s.engine.leap, act_bytes)
+        )
+    return replicas, sizes
+
+
+def _arrive(
+    env: simpy.Environment,
+    arrivals: Arrivals,
+    replicas: list[Replica],
+    route: Callable[[], int],
+) -> Generator[Any, Any, None]:
+    times = arrivals.arrival_s.tolist()
+    prompts = arrivals.prompt_tokens.tolist()
+    outputs = arrivals.output_tokens.tolist()
+    classes = arrivals.class_index.tolist()
+    for i, t in enumerate(times):
+        if t > env.now:
+            yield env.timeout(t - env.now)
+        req = Req(i, classes[i], t, prompts[i], outputs[i])
+        replicas[route()].admit(req)
+    for rep in replicas:
+        rep.arrivals_done()
+
+
+def _progress(total: int, enabled: bool | None) -> tuple[Callable[[int], None] | None, Any]:
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled or total < 2000:
+        return None, None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="req", desc="simulating", leave=False, file=sys.stderr)
+    every = max(1, total // 200)
+
+    def update(done: int) -> None:
+        if done % every == 0 or done == total:
+            bar.update(done - bar.n)
+
+    return update, bar
+
+
+def simulate(scenario: Scenario, *, progress: bool | None = False) -> Results:
+    """Run one scenario to completion (or `engine.until_s`) and collect its records."""
+    from sim.metrics import device_frame, link_frame, summarize
+
+    wall0 = time.perf_counter()
+    try:
+        arrivals = generate(scenario.workload, scenario.seed, scenario.base_dir)
+    except LlmsimError as exc:
+        raise exc.at(file=exc.file or scenario.file) from None
+    env = simpy.Environment()
+    cluster = build_cluster(scenario.cluster)
+    on_progress, bar = _progress(len(arrivals), progress)
+    recorder = Recorder(len(arrivals), on_progress)
+    pool = LinkPool(env, cluster)
+    replicas, sizes = build_replicas(scenario, env, cluster, recorder, pool)
+    rng = np.random.default_rng(np.random.SeedSequence(scenario.seed, spawn_key=(ROUTER_STREAM,)))
+    router = ROUTERS[scenario.router.policy](rng)
+
+    def route() -> int:
+        return router.next_replica(replicas)
+
+    done = env.event()
+
+    def all_closed() -> None:
+        if not done.triggered:
+            done.succeed()
+
+    recorder.all_closed = all_closed
+    for rep in replicas:
+        rep.start()
+    env.process(_arrive(env, arrivals, replicas, route))
+    events = _count_events(env)
+    if len(arrivals):
+        until: Any = done
+        if scenario.engine.until_s is not None:
+            until = done | env.timeout(scenario.engine.until_s)
+        env.run(until=until)
+    if bar is not None:
+        bar.close()
+    requests = recorder.requests_frame(
+        arrivals.arrival_s,
+        arrivals.prompt_tokens,
+        arrivals.output_tokens,
+        arrivals.class_index,
+        arrivals.class_names,
+    )
+    iterations = recorder.iterations_frame()
+    duration = float(env.now)
+    devices = device_frame(scenario, cluster, replicas, sizes, duration)
+    links = link_frame(cluster, replicas, pool, duration)
+    summary = summarize(scenario, requests, iterations, devices, links, duration)
+    wall = time.perf_counter() - wall0
+    return Results(scenario, summary, requests, iterations, devices, links, wall, events())
+
+
+def _count_events(env: simpy.Environment) -> Callable[[], int]:
+    """Count processed events cheaply by wrapping `env.step` (for the benchmark)."""
+    count = [0]
+    step = env.step
+
+    def counting_step() -> None:
+        count[0] += 1
+        step()
+
+    env.step = counting_step  # type: ignore[method-assign]
+    return lambda: count[0]

@@ -1,0 +1,113 @@
+"""Writing results and printing them: files beside each other, a table on the terminal.
+
+A results directory holds `summary.json`, `scenario.resolved.yaml` (every default
+filled in, every reference inlined: the configuration that was used), and the records
+as Parquet or CSV: `requests`, `iterations`, `devices`, `links`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sim.engine.run import Results
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe: NaN/inf become null, numpy scalars plain numbers."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item"):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def summary_json(summary: dict[str, Any]) -> str:
+    return json.dumps(_clean(summary), indent=2, sort_keys=False)
+
+
+def write_results(
+    results: Results, out_dir: str | Path, fmt: str = "parquet", records: bool = True
+) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(summary_json(results.summary) + "\n")
+    resolved = results.scenario.resolved_dict()
+    (out / "scenario.resolved.yaml").write_text(
+        "# The scenario as run: defaults filled in, catalog references inlined.\n"
+        + yaml.safe_dump(resolved, sort_keys=False)
+    )
+    if records:
+        frames = {
+            "requests": results.requests,
+            "iterations": results.iterations,
+            "devices": results.devices,
+            "links": results.links,
+        }
+        for name, frame in frames.items():
+            if fmt == "csv":
+                frame.to_csv(out / f"{name}.csv", index=False)
+            else:
+                frame.to_parquet(out / f"{name}.parquet", index=False)
+    return out
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v * 1e3:,.1f}"
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    """A compact, readable summary of one run."""
+    lines = [
+        f"scenario {summary['scenario']} (seed {summary['seed']}): "
+        f"{summary['finished']}/{summary['requests']} finished, "
+        f"{summary['rejected']} rejected, {summary['preemptions']} preemptions",
+        f"simulated {summary['span_s']:,.1f} s: "
+        f"{(summary['throughput_rps'] or 0):,.3f} req/s, "
+        f"{(summary['output_tokens_per_s'] or 0):,.1f} output tok/s, "
+        f"{(summary['total_tokens_per_s'] or 0):,.1f} total tok/s",
+        f"MFU {summary['mfu']:.1%}, HBM bandwidth {summary['mbu']:.1%}, "
+        f"device busy {summary['device_utilization']:.1%}, "
+        f"KV in use {summary['kv_utilization']:.1%} (peak {summary['kv_utilization_peak']:.1%})",
+        "",
+        f"{'latency (ms)':<14}{'mean':>10}{'p50':>10}{'p90':>10}{'p99':>10}",
+    ]
+    for key, label in (
+        ("ttft_s", "TTFT"),
+        ("tpot_s", "TPOT"),
+        ("e2e_s", "end-to-end"),
+        ("queue_s", "queueing"),
+    ):
+        s = summary[key]
+        lines.append(
+            f"{label:<14}{_ms(s['mean']):>10}{_ms(s['p50']):>10}{_ms(s['p90']):>10}"
+            f"{_ms(s['p99']):>10}"
+        )
+    slo = summary.get("slo") or {}
+    if slo:
+        lines.append("")
+        parts = [
+            f"SLO attainment {slo['attainment']:.1%}",
+            f"goodput {slo['goodput_rps'] or 0:,.3f} req/s",
+        ]
+        for key, label in (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("e2e_s", "e2e")):
+            if f"{key}_bound" in slo:
+                ok = "ok" if slo[f"{key}_holds"] else "MISSED"
+                parts.append(
+                    f"{label} p{slo['percentile']:g} {_ms(slo[f'{key}_at_percentile'])} ms "
+                    f"<= {_ms(slo[f'{key}_bound'])} ms {ok}"
+                )
+        lines.append("; ".join(parts))
+    if summary.get("reject_reasons"):
+        lines.append("")
+        for why, count in summary["reject_reasons"].items():
+            lines.append(f"rejected {count}: {why}")
+    return "\n".join(lines)
