@@ -52,7 +52,11 @@ def pydantic_error(exc: Exception, file: str | None, prefix: str | None = None) 
         msg = "unknown key"
     elif kind == "missing":
         msg = "required key is missing"
-    elif "input" in first and kind not in ("model_type", "dict_type"):
+    elif (
+        "input" in first
+        and not isinstance(first["input"], dict | list)
+        and repr(first["input"]) not in msg
+    ):
         msg = f"{msg} (got {first['input']!r})"
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]

@@ -134,7 +134,10 @@ def summarize(
         "iterations": int(iterations["iterations"].sum()) if len(iterations) else 0,
     }
     if summary["rejected"]:
-        reasons = Counter(requests.loc[rejected_mask, "reject_reason"])
+        # Reasons read "category: details"; the summary counts categories.
+        reasons = Counter(
+            str(r).split(":", 1)[0] for r in requests.loc[rejected_mask, "reject_reason"]
+        )
         summary["reject_reasons"] = dict(sorted(reasons.items()))
     slo = scenario.slo
     summary["slo"] = slo_report(lat, slo, n, span)

@@ -35,26 +35,21 @@ class Precision:
     weights: str = "bf16"
     activations: str = "bf16"
     kv: str = "bf16"
+    w_bytes: float = field(init=False, repr=False, compare=False)
+    a_bytes: float = field(init=False, repr=False, compare=False)
+    kv_bytes: float = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        sizes = []
         for role in ("weights", "activations", "kv"):
-            value = getattr(self, role)
             try:
-                dtype_bytes(value)
+                sizes.append(dtype_bytes(getattr(self, role)))
             except ValueError as exc:
                 raise LlmsimError(str(exc), key=f"precision.{role}") from None
-
-    @property
-    def w_bytes(self) -> float:
-        return dtype_bytes(self.weights)
-
-    @property
-    def a_bytes(self) -> float:
-        return dtype_bytes(self.activations)
-
-    @property
-    def kv_bytes(self) -> float:
-        return dtype_bytes(self.kv)
+        # Byte sizes are read on the hot path: resolve them once.
+        object.__setattr__(self, "w_bytes", sizes[0])
+        object.__setattr__(self, "a_bytes", sizes[1])
+        object.__setattr__(self, "kv_bytes", sizes[2])
 
     @property
     def compute_dtype(self) -> str:

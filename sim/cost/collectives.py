@@ -25,6 +25,11 @@ class CollectiveModel:
         self.cluster = cluster
         self.devices = tuple(devices)
         self.n = len(self.devices)
+        self.launch_s = cluster.device.launch_overhead_s
+        fabric = cluster.node_spec.fabric.kind if cluster.node_spec is not None else ""
+        # One switch between every pair: a one-shot algorithm (each device reads every
+        # peer's buffer at once) beats the ring for small messages.
+        self.switched = fabric == "nvswitch" and len({cluster.node_of(d) for d in devices}) == 1
         nodes = sorted({cluster.node_of(d) for d in self.devices})
         per_node = Counter(cluster.node_of(d) for d in self.devices)
         self.hierarchical = len(nodes) > 1 and len(set(per_node.values())) == 1
@@ -69,17 +74,29 @@ class CollectiveModel:
 
     def all_gather_s(self, size_bytes: float) -> float:
         """All-gather whose gathered result is `size_bytes` on every device."""
-        return self.reduce_scatter_s(size_bytes)
+        if self.n <= 1 or size_bytes <= 0:
+            return 0.0
+        return self.launch_s + self.reduce_scatter_s(size_bytes)
 
     def all_reduce_s(self, size_bytes: float) -> float:
-        return 2.0 * self.reduce_scatter_s(size_bytes)
+        if self.n <= 1 or size_bytes <= 0:
+            return 0.0
+        ring = 2.0 * self.reduce_scatter_s(size_bytes)
+        if self.switched:
+            return self.launch_s + min(ring, self._one_shot_s(size_bytes))
+        return self.launch_s + ring
+
+    def _one_shot_s(self, size_bytes: float) -> float:
+        """Every device pulls the n−1 peer buffers through its switch port and reduces."""
+        route = self.cluster.route(f"dev{self.devices[0]}", f"dev{self.devices[1]}")
+        return route.latency_s + (self.n - 1) * size_bytes / route.bandwidth_bytes_per_s
 
     def all_to_all_s(self, size_bytes: float) -> float:
         """Each device sends size/n to every other device: bounded by its port."""
         if self.n <= 1 or size_bytes <= 0:
             return 0.0
         bandwidth, latency, _ = self._ring(self.cluster, self.devices)
-        return latency + size_bytes * (self.n - 1) / self.n / bandwidth
+        return self.launch_s + latency + size_bytes * (self.n - 1) / self.n / bandwidth
 
     def links(self) -> tuple:
         """Directed links a ring over this group occupies."""

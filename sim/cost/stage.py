@@ -48,6 +48,7 @@ class StageCost:
         )
         self._per_token: dict[int, float] = {}
         self._flops_per_token: dict[int, float] = {}
+        self._bytes_per_token: dict[int, float] = {}
         self._lm: dict[int, float] = {}
         self._decode_lin: dict[int, tuple[float, float, float, float]] = {}
 
@@ -116,8 +117,12 @@ class StageCost:
     def bytes(self, work: Work) -> float:
         """HBM bytes this stage moves on one device (for bandwidth utilisation)."""
         p = self.plan.precision
-        ops = [*self._token_ops, self._prefill, self._decode]
-        return sum(op_bytes(op, work, p) for op in ops) * self.n_layers
+        per_tok = self._bytes_per_token.get(work.tokens)
+        if per_tok is None:
+            per_tok = sum(op_bytes(op, work, p) for op in self._token_ops) * self.n_layers
+            self._bytes_per_token[work.tokens] = per_tok
+        attn = op_bytes(self._prefill, work, p) + op_bytes(self._decode, work, p)
+        return per_tok + attn * self.n_layers
 
     def decode_flops(self, seqs: int, kv0: int, growth: int, steps: int) -> float:
         """Model FLOPs of `steps` decode steps (see `decode_times`), per device."""

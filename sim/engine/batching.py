@@ -80,12 +80,12 @@ class BatchingPolicy:
         """Why `req` can never run here (None: it can)."""
         if req.prompt + req.output > self.ctx.max_model_len:
             return (
-                f"prompt + output = {req.prompt + req.output} exceeds max_model_len "
+                f"exceeds max_model_len: prompt + output = {req.prompt + req.output} > "
                 f"{self.ctx.max_model_len}"
             )
         need = self.st.blocks.blocks_for(self.kv_need(req))
         if need > self.st.blocks.total:
-            return f"needs {need} KV blocks; the replica has {self.st.blocks.total}"
+            return f"never fits the KV cache: needs {need} blocks of {self.st.blocks.total}"
         return None
 
     def kv_need(self, req: Req) -> int:
@@ -200,7 +200,7 @@ class VllmPolicy(BatchingPolicy):
 
     def reject_reason(self, req: Req) -> str | None:
         if req.prompt > self.token_cap:
-            return f"prompt {req.prompt} exceeds max_num_batched_tokens {self.token_cap}"
+            return f"exceeds max_num_batched_tokens: prompt {req.prompt} > {self.token_cap}"
         return super().reject_reason(req)
 
     def schedule(self, now: float) -> Step | float | None:

@@ -81,12 +81,9 @@ class Replica:
             VirtualEngine(self, i, st, policy, leap and len(stages) == 1)
             for i, (st, policy) in enumerate(engines)
         ]
-        self._next_engine = 0
+        self.outstanding = 0  # requests routed here and not yet finished
 
     # ------------------------------------------------------------------ routing view
-    @property
-    def outstanding(self) -> int:
-        return sum(e.state.outstanding for e in self.engines)
 
     @property
     def kv_free_fraction(self) -> float:
@@ -107,6 +104,7 @@ class Replica:
             self.recorder.reject(req, reason)
             return
         engine.state.outstanding += 1
+        self.outstanding += 1
         engine.state.waiting.append(req)
         engine.wake()
 
@@ -278,6 +276,7 @@ class VirtualEngine:
     def _finish(self, req: Req, t: float, kept_tokens: int) -> None:
         req.state = DONE
         self.state.outstanding -= 1
+        self.replica.outstanding -= 1
         self.policy.release(req, kept_tokens)
         self.replica.recorder.finish(req, t)
 

@@ -37,6 +37,7 @@ from sim.model import (
     embedding_weight_elems,
     layer_plan,
     layer_weight_elems,
+    valid_tp,
 )
 from sim.scenario import Scenario
 from sim.topology import Cluster, build_cluster
@@ -120,10 +121,24 @@ def plan_replica(s: Scenario, cluster: Cluster, precision: Precision) -> Replica
             f"({worst / 1e9:.1f} GB) and activations ({workspace / 1e9:.1f} GB) before any KV "
             f"cache, but {cluster.device.name} offers {usable / 1e9:.1f} GB "
             f"({params.gpu_memory_utilization:.0%} of {cluster.device.memory_bytes / 1e9:.0f} GB); "
-            "raise tp or pp, or use a smaller weight dtype",
+            + _what_would_fit(s, usable, precision),
             "parallel",
         )
     return ReplicaPlan(stages, weights, workspace, per_token, blocks, bs * max(per_token))
+
+
+def _what_would_fit(s: Scenario, usable: float, precision: Precision) -> str:
+    """A suggestion: the smallest tensor-parallel degree whose weights leave room."""
+    model = s.model
+    for tp in valid_tp(model, limit=64):
+        if tp <= s.parallel.tp:
+            continue
+        per_layer = layer_weight_elems(model, tp) * precision.w_bytes
+        layers = max(layers_per_stage(model.n_layers, s.parallel.pp))
+        weights = layers * per_layer + embedding_weight_elems(model, tp) * precision.w_bytes
+        if weights < 0.9 * usable:
+            return f"tp={tp} would leave room for KV cache (or raise pp, or shrink the dtype)"
+    return "raise pp, use more devices, or a smaller weight dtype"
 
 
 def _stage_cost_key(col: CollectiveModel | None) -> tuple[float, ...]:
