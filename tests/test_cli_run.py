@@ -41,8 +41,16 @@ def small(tmp_path: Path, **changes) -> Path:
 
 
 def test_run_prints_json_and_writes_results(capsys, tmp_path):
-    code, out, _ = run_cli(capsys, "run", str(small(tmp_path)), "--json", "--out",
-                           str(tmp_path / "res"), "--format", "csv")
+    code, out, _ = run_cli(
+        capsys,
+        "run",
+        str(small(tmp_path)),
+        "--json",
+        "--out",
+        str(tmp_path / "res"),
+        "--format",
+        "csv",
+    )
     assert code == 0
     summary = json.loads(out)
     assert summary["finished"] == 40
@@ -52,15 +60,27 @@ def test_run_prints_json_and_writes_results(capsys, tmp_path):
 
 
 def test_run_table_and_set_override(capsys, tmp_path):
-    code, out, _ = run_cli(capsys, "run", str(small(tmp_path)), "--set",
-                           "workload.requests=7", "--set", "scheduler.max_num_seqs=2")
+    code, out, _ = run_cli(
+        capsys,
+        "run",
+        str(small(tmp_path)),
+        "--set",
+        "workload.requests=7",
+        "--set",
+        "scheduler.max_num_seqs=2",
+    )
     assert code == 0
     assert "7/7 finished" in out and "TTFT" in out and "p99" in out
 
 
 def test_module_entry_point_runs():
-    proc = subprocess.run([sys.executable, "-m", "sim", "catalog", "scenarios"],
-                          capture_output=True, text=True, check=False, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sim", "catalog", "scenarios"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0 and "quickstart" in proc.stdout
 
 
@@ -73,8 +93,10 @@ BAD = [
     ({"workload.arrival.process": "psson"}, "workload.arrival.process"),
     ({"parallel.tp": 3}, "s.yaml: parallel.tp: 3 does not divide n_heads=32"),
     ({"parallel.replicas": 9}, "s.yaml: parallel: replicas × tp × pp = 9 × 1 × 1 = 9 devices, but"),
-    ({"parallel.pp": 2, "parallel.layers_per_stage": [10, 10]},
-     "parallel.layers_per_stage: must be 2 positive counts summing to n_layers=32"),
+    (
+        {"parallel.pp": 2, "parallel.layers_per_stage": [10, 10]},
+        "parallel.layers_per_stage: must be 2 positive counts summing to n_layers=32",
+    ),
     ({"model": "llama-9000"}, "s.yaml: model: unknown model 'llama-9000'; valid models:"),
     ({"cluster": "cray-1"}, "s.yaml: cluster: unknown cluster 'cray-1'"),
     ({"model": "llama-2-70b"}, "s.yaml: parallel: llama-2-70b does not fit: a device needs"),
@@ -139,8 +161,13 @@ def test_trace_that_goes_back_in_time(capsys, tmp_path):
 
 
 def test_requests_that_never_fit_are_rejected_with_a_reason(capsys, tmp_path):
-    path = small(tmp_path, **{"workload.prompt": {"dist": "fixed", "value": 4000},
-                              "workload.output": {"dist": "fixed", "value": 200}})
+    path = small(
+        tmp_path,
+        **{
+            "workload.prompt": {"dist": "fixed", "value": 4000},
+            "workload.output": {"dist": "fixed", "value": 200},
+        },
+    )
     code, out, _ = run_cli(capsys, "run", str(path), "--json")
     assert code == 0
     summary = json.loads(out)

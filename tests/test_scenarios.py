@@ -24,9 +24,16 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 
 def test_there_are_scenarios():
     names = {p.stem for p in SCENARIOS}
-    assert {"quickstart", "bench-qwen2-7b-a30-conv", "azure-conv-trace-replay",
-            "batching-static-padded", "batching-static-packed", "batching-continuous",
-            "llama-2-70b-dgx-h100-tp8", "llama-2-70b-dgx-h100-tp4x2"} <= names
+    assert {
+        "quickstart",
+        "bench-qwen2-7b-a30-conv",
+        "azure-conv-trace-replay",
+        "batching-static-padded",
+        "batching-static-packed",
+        "batching-continuous",
+        "llama-2-70b-dgx-h100-tp8",
+        "llama-2-70b-dgx-h100-tp4x2",
+    } <= names
 
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
