@@ -45,15 +45,16 @@ def run(ns: argparse.Namespace) -> int:
 
     scenario = load_scenario(ns.scenario, ns.overrides)
     progress = {"auto": None, "on": True, "off": False}[ns.progress]
-    results = simulate(scenario, progress=progress)
     out = ns.out or scenario.output.dir
+    keep = bool(out) and scenario.output.records and not ns.no_records
+    results = simulate(scenario, progress=progress, records=keep)
     if out:
         try:
             write_results(
                 results,
                 out,
                 ns.format or scenario.output.format,
-                records=scenario.output.records and not ns.no_records,
+                records=keep,
             )
         except OSError as exc:
             raise LlmsimError(f"cannot write results: {exc.strerror}", file=str(out)) from None

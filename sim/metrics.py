@@ -5,7 +5,7 @@ Latencies per request: TTFT = first token − arrival; TPOT = (finish − first 
 finish − arrival; queueing = first scheduled − arrival. Throughput counts finished
 requests over the simulated span (first arrival to last event). MFU is model FLOPs
 over (span × peak FLOP/s × devices in use); bandwidth utilisation likewise with HBM
-bytes. KV utilisation is the time-weighted share of KV blocks in use.
+bytes. KV utilisation is the time-weighted share of KV blocks in use, averaged over engines.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pandas as pd
 from sim.slo import SLOSpec
 
 if TYPE_CHECKING:
+    from sim.engine.records import Recorder
     from sim.engine.replica import Replica
     from sim.engine.run import LinkPool, ReplicaPlan
     from sim.scenario import Scenario
@@ -92,7 +93,7 @@ def slo_report(lat: pd.DataFrame, slo: SLOSpec, total: int, span_s: float) -> di
 def summarize(
     scenario: Scenario,
     requests: pd.DataFrame,
-    iterations: pd.DataFrame,
+    recorder: Recorder,
     devices: pd.DataFrame,
     links: pd.DataFrame,
     end_s: float,
@@ -124,14 +125,12 @@ def summarize(
         "preemptions": int(requests["preemptions"].sum()),
         "mfu": _weighted(devices, "mfu"),
         "mbu": _weighted(devices, "mbu"),
-        "kv_utilization": _kv_utilization(iterations, span),
-        "kv_utilization_peak": float(
-            (iterations["kv_blocks_used"] / iterations["kv_blocks_total"]).max()
-        )
-        if len(iterations)
+        "kv_utilization": recorder.kv_share_seconds / (span * max(len(recorder.engines), 1))
+        if span > 0
         else 0.0,
+        "kv_utilization_peak": recorder.kv_share_peak,
         "device_utilization": _weighted(devices, "utilization"),
-        "iterations": int(iterations["iterations"].sum()) if len(iterations) else 0,
+        "iterations": recorder.iterations_total,
     }
     if summary["rejected"]:
         # Reasons read "category: details"; the summary counts categories.
@@ -162,17 +161,6 @@ def summarize(
 
 def _weighted(devices: pd.DataFrame, column: str) -> float:
     return float(devices[column].mean()) if len(devices) else 0.0
-
-
-def _kv_utilization(iterations: pd.DataFrame, span: float) -> float:
-    if not len(iterations) or span <= 0:
-        return 0.0
-    dt = iterations["end_s"] - iterations["start_s"]
-    share = iterations["kv_blocks_used"] / iterations["kv_blocks_total"].where(
-        iterations["kv_blocks_total"] > 0
-    )
-    engines = iterations.groupby(["replica", "engine"]).ngroups
-    return float((share.fillna(0.0) * dt).sum() / (span * max(engines, 1)))
 
 
 def device_frame(

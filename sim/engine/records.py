@@ -20,8 +20,19 @@ PENDING, FINISHED, REJECTED = 0, 1, 2
 
 
 class Recorder:
-    def __init__(self, n_requests: int, on_progress: Callable[[int], None] | None = None):
+    def __init__(
+        self,
+        n_requests: int,
+        on_progress: Callable[[int], None] | None = None,
+        keep_iterations: bool = True,
+    ):
         self.n = n_requests
+        self.keep_iterations = keep_iterations
+        # Iteration statistics the summary needs, kept even when rows are not.
+        self.iterations_total = 0
+        self.kv_share_seconds = 0.0  # Σ (blocks used / total) · duration
+        self.kv_share_peak = 0.0
+        self.engines: set[tuple[int, int]] = set()
         self.replica = np.full(n_requests, -1, dtype=np.int32)
         self.scheduled_s = np.full(n_requests, np.nan)
         self.first_token_s = np.full(n_requests, np.nan)
@@ -85,6 +96,15 @@ class Recorder:
         blocks_used: int,
         blocks_total: int,
     ) -> None:
+        self.iterations_total += iterations
+        if blocks_total > 0:
+            share = blocks_used / blocks_total
+            self.kv_share_seconds += share * (end - start)
+            if share > self.kv_share_peak:
+                self.kv_share_peak = share
+        self.engines.add((replica, engine))
+        if not self.keep_iterations:
+            return
         it = self._it
         it["replica"].append(replica)
         it["engine"].append(engine)

@@ -209,15 +209,18 @@ def _arrive(
     replicas: list[Replica],
     route: Callable[[], int],
 ) -> Generator[Any, Any, None]:
-    times = arrivals.arrival_s.tolist()
-    prompts = arrivals.prompt_tokens.tolist()
-    outputs = arrivals.output_tokens.tolist()
-    classes = arrivals.class_index.tolist()
-    for i, t in enumerate(times):
-        if t > env.now:
-            yield env.timeout(t - env.now)
-        req = Req(i, classes[i], t, prompts[i], outputs[i])
-        replicas[route()].admit(req)
+    chunk = 1 << 16  # plain Python numbers are faster to use; convert a slice at a time
+    for first in range(0, len(arrivals), chunk):
+        window = slice(first, first + chunk)
+        times = arrivals.arrival_s[window].tolist()
+        prompts = arrivals.prompt_tokens[window].tolist()
+        outputs = arrivals.output_tokens[window].tolist()
+        classes = arrivals.class_index[window].tolist()
+        for j, t in enumerate(times):
+            if t > env.now:
+                yield env.timeout(t - env.now)
+            req = Req(first + j, classes[j], t, prompts[j], outputs[j])
+            replicas[route()].admit(req)
     for rep in replicas:
         rep.arrivals_done()
 
@@ -239,8 +242,14 @@ def _progress(total: int, enabled: bool | None) -> tuple[Callable[[int], None] |
     return update, bar
 
 
-def simulate(scenario: Scenario, *, progress: bool | None = False) -> Results:
-    """Run one scenario to completion (or `engine.until_s`) and collect its records."""
+def simulate(
+    scenario: Scenario, *, progress: bool | None = False, records: bool | None = None
+) -> Results:
+    """Run one scenario to completion (or `engine.until_s`) and collect its records.
+
+    `records=False` keeps no per-iteration rows (the summary does not need them), so a
+    long run's memory holds only the per-request columns; the default follows the
+    scenario's `output.records`."""
     from sim.metrics import device_frame, link_frame, summarize
 
     wall0 = time.perf_counter()
@@ -251,7 +260,8 @@ def simulate(scenario: Scenario, *, progress: bool | None = False) -> Results:
     env = simpy.Environment()
     cluster = build_cluster(scenario.cluster)
     on_progress, bar = _progress(len(arrivals), progress)
-    recorder = Recorder(len(arrivals), on_progress)
+    keep = scenario.output.records if records is None else records
+    recorder = Recorder(len(arrivals), on_progress, keep_iterations=keep)
     pool = LinkPool(env, cluster)
     replicas, sizes = build_replicas(scenario, env, cluster, recorder, pool)
     rng = np.random.default_rng(np.random.SeedSequence(scenario.seed, spawn_key=(ROUTER_STREAM,)))
@@ -289,7 +299,7 @@ def simulate(scenario: Scenario, *, progress: bool | None = False) -> Results:
     duration = float(env.now)
     devices = device_frame(scenario, cluster, replicas, sizes, duration)
     links = link_frame(cluster, replicas, pool, duration)
-    summary = summarize(scenario, requests, iterations, devices, links, duration)
+    summary = summarize(scenario, requests, recorder, devices, links, duration)
     wall = time.perf_counter() - wall0
     return Results(scenario, summary, requests, iterations, devices, links, wall, events())
 
