@@ -6,10 +6,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test bench lint clean
 
+# torch goes in first and pinned: its CPU wheel lies on local disk here, where an
+# unpinned torch would pull a multi-GB CUDA build; the calibrate extra then finds it.
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev,calibrate]'
 	touch $(STAMP)
 
 demo: $(STAMP)

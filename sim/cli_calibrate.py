@@ -1,0 +1,177 @@
+"""`llmsim calibrate`: measure this machine's op times with PyTorch; write a profile.
+
+The measuring lives in sim.calibrate.harness; this module parses the options, checks
+them (and that --out can be written) before minutes of measuring, prints one progress
+line per op family on stderr and writes the profile YAML. PyTorch is the `calibrate`
+extra and is imported only here, when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from sim.errors import LlmsimError
+
+HELP = """\
+Runs microbenchmarks with PyTorch on one device and writes a calibration profile (YAML,
+schema sim/calibrate/profile.py): GEMMs over the per-device (n, k) of the models' layers
+at each TP degree times a grid of token counts; attention prefill (causal) and decode
+(flash_attn when installed, else torch SDPA) over batch x KV-length grids; element-wise
+ops (norm, activation, rotary, residual add, embedding); launch overhead; pinned
+host<->device copies; with --collectives on a machine with several GPUs, NCCL
+collectives (all-reduce, all-gather, reduce-scatter, all-to-all, send/recv) among 2..N
+GPUs. Each point keeps the median and p10/p90 over repeats (CUDA events on GPU,
+perf_counter on CPU), after warm-up; eager PyTorch, no CUDA graphs. Curves are then
+fitted to the points (sim.calibrate.fit).
+
+The profile's `device:` is --catalog-device when given; on CUDA otherwise the catalog
+device whose name or alias is the GPU's name (e.g. "NVIDIA H100 80GB HBM3" is h100-sxm);
+otherwise a device named after the GPU, or `cpu-calibrated` on a CPU, whose peak FLOP/s
+and bandwidth are the best the run measured (the fit is relative to those). Only the
+profile file is written; no device file.
+
+--quick takes well under a minute on a 2-core CPU; a full GPU run takes a few minutes.
+Needs the calibrate extra: pip install 'llmsim[calibrate]'."""
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _tps(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in _csv(text))
+    except ValueError:
+        raise LlmsimError(
+            f"expected comma-separated integers like 1,2,4,8, got {text!r}", key="--tp"
+        ) from None
+
+
+def setup(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "calibrate",
+        help="measure op times on a GPU or CPU with PyTorch; write a calibration profile",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--device", required=True, help="cpu, cuda or cuda:N")
+    p.add_argument("--out", required=True, help="the profile YAML to write")
+    p.add_argument("--quick", action="store_true", help="small grids and few repeats")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        metavar="{bf16,fp16,fp32}",
+        help="operand dtype (default bf16 on CUDA, fp32 on CPU)",
+    )
+    p.add_argument(
+        "--models",
+        default=None,
+        help="catalog models whose shapes to measure, comma-separated "
+        "(default: six 7B-70B models on CUDA, gpt3-125m on CPU)",
+    )
+    p.add_argument(
+        "--tp",
+        default=None,
+        help="TP degrees, comma-separated; each must divide every model "
+        "(default 1,2,4,8 on CUDA where they divide, 1 on CPU)",
+    )
+    p.add_argument(
+        "--collectives",
+        action="store_true",
+        help="also time NCCL collectives among this machine's GPUs (needs 2 or more)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: torch's choice, one per core); on a busy "
+        "CPU fewer threads give steadier numbers",
+    )
+    p.add_argument(
+        "--name",
+        default=None,
+        help="profile name (default DEVICE-DTYPE; -measured appended for a catalog device)",
+    )
+    p.add_argument(
+        "--catalog-device",
+        default=None,
+        metavar="NAME",
+        help="the catalog device this profile calibrates (see `llmsim catalog device`)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(ns: argparse.Namespace) -> int:
+    from sim.calibrate import require_torch
+
+    out = Path(ns.out).expanduser()
+    tps = _tps(ns.tp) if ns.tp else ()
+    models = _csv(ns.models) if ns.models else ()
+    if ns.models is not None and not models:
+        raise LlmsimError("give at least one model name", key="--models")
+    require_torch()
+    from sim.calibrate import harness
+
+    options = harness.Options(
+        device=ns.device,
+        dtype=ns.dtype,
+        models=models,
+        tps=tps,
+        quick=ns.quick,
+        collectives=ns.collectives,
+        name=ns.name,
+        catalog_device=ns.catalog_device,
+        threads=ns.threads,
+        command=_command(ns),
+    )
+    plan = harness.resolve(options)
+    harness.check_writable(out)
+    result = harness.calibrate(plan, progress=_progress)
+    harness.write_profile(result.profile, out)
+    for warning in result.warnings:
+        print(f"llmsim: warning: {warning}", file=sys.stderr)
+    m = result.profile.measurements
+    counts = ", ".join(
+        f"{len(points)} {family}"
+        for family, points in (
+            ("gemm", m.gemm),
+            ("attention", m.attention),
+            ("elementwise", m.elementwise),
+            ("copies", m.copies),
+            ("collective", m.collectives),
+        )
+        if points
+    )
+    fitted = [k for k, v in result.profile.fit.model_dump(exclude_none=True).items() if v]
+    print(
+        f"wrote {out}: device {result.profile.device}, {counts} points; "
+        f"fit: {', '.join(fitted) or 'none'} ({result.wall_s:.1f} s)"
+    )
+    return 0
+
+
+def _progress(line: str) -> None:
+    print(f"calibrate: {line}", file=sys.stderr, flush=True)
+
+
+def _command(ns: argparse.Namespace) -> str:
+    """The command line as it reproduces this run (for the profile's `source`)."""
+    parts = ["llmsim", "calibrate", "--device", ns.device]
+    for flag, value in (
+        ("--dtype", ns.dtype),
+        ("--models", ns.models),
+        ("--tp", ns.tp),
+        ("--name", ns.name),
+        ("--catalog-device", ns.catalog_device),
+        ("--threads", ns.threads),
+    ):
+        if value:
+            parts += [flag, str(value)]
+    if ns.quick:
+        parts.append("--quick")
+    if ns.collectives:
+        parts.append("--collectives")
+    return shlex.join(parts)
