@@ -22,11 +22,14 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from sim.calibrate.profile import Profile
 from sim.errors import LlmsimError, pydantic_error, unknown_name
 from sim.hardware import ClusterSpec, DeviceSpec, NodeSpec
 from sim.modelspec import ModelSpec
 
 _PACKAGE = Path(__file__).resolve().parent
+# libyaml's safe loader when PyYAML was built with it (profiles are large), else Python's.
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 KINDS: dict[str, str] = {
     "device": "hardware/devices",
     "node": "hardware/nodes",
@@ -65,7 +68,7 @@ def read_yaml(path: Path | str) -> Any:
     except OSError as exc:
         raise LlmsimError(f"cannot read file: {exc.strerror}", file=str(path)) from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
@@ -147,6 +150,28 @@ load_node = _loader("node", NodeSpec)
 load_cluster = _loader("cluster", ClusterSpec)
 
 
+@functools.cache
+def load_profile(name: str) -> Profile:
+    """A calibration profile by name or path."""
+    path = find("calibration", name)
+    return _parse(Profile, read_yaml(path), str(path))
+
+
+@functools.cache
+def profile_for(device: DeviceSpec) -> Profile | None:
+    """The device's calibration profile: the one it names, or one naming it."""
+    if device.calibration:
+        try:
+            return load_profile(device.calibration)
+        except LlmsimError as exc:
+            raise LlmsimError(exc.message, key=f"device {device.name}: calibration") from None
+    for entry in entries("calibration"):
+        raw = read_yaml(entry.path)
+        if isinstance(raw, dict) and raw.get("device") == device.name:
+            return load_profile(entry.name)
+    return None
+
+
 def device_of(ref: str | DeviceSpec) -> DeviceSpec:
     return ref if isinstance(ref, DeviceSpec) else load_device(ref)
 
@@ -203,5 +228,7 @@ def clear_cache() -> None:
     """Forget loaded files (tests that write catalog files call this)."""
     _index.cache_clear()
     load_model.cache_clear()
+    load_profile.cache_clear()
+    profile_for.cache_clear()
     for cached in _CACHES:
         cached.cache_clear()

@@ -123,6 +123,11 @@ class EngineSpec(Spec):
         "(exact: same results as stepping one iteration at a time)",
     )
     until_s: float | None = Field(default=None, gt=0, description="stop the clock here")
+    cost: Literal["auto", "roofline", "calibrated"] = Field(
+        default="auto",
+        description="op pricing: the device's calibration profile when it has one (auto), "
+        "always the roofline, or require a profile",
+    )
 
 
 class Scenario(Spec):

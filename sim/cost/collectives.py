@@ -4,7 +4,9 @@ A ring over n devices moves 2(n−1)/n of the payload through every device's por
 all-reduce (reduce-scatter then all-gather), in 2(n−1) steps each paying the hop
 latency. Each ring hop follows its route through the topology; hops that share a
 directed link (two hops through one PCIe host bridge, say) split its bandwidth, so a
-ring is as fast as its most loaded link allows. A group spanning several nodes runs
+ring is as fast as its most loaded link allows. Where a calibration profile measured
+this collective on this machine type with this many devices, its α–β fit is used
+instead. A group spanning several nodes runs
 hierarchically: reduce-scatter inside each node, all-reduce across nodes on the
 per-device rails (NICs), all-gather inside each node — what NCCL does on DGX clusters.
 """
@@ -15,13 +17,16 @@ import functools
 from collections import Counter
 from collections.abc import Sequence
 
+from sim.calibrate.profile import CollectiveFit
 from sim.topology import Cluster
 
 
 class CollectiveModel:
     """Collectives among one group of devices (global indices, in ring order)."""
 
-    def __init__(self, cluster: Cluster, devices: Sequence[int]):
+    def __init__(
+        self, cluster: Cluster, devices: Sequence[int], fits: Sequence[CollectiveFit] = ()
+    ):
         self.cluster = cluster
         self.devices = tuple(devices)
         self.n = len(self.devices)
@@ -29,7 +34,12 @@ class CollectiveModel:
         fabric = cluster.node_spec.fabric.kind if cluster.node_spec is not None else ""
         # One switch between every pair: a one-shot algorithm (each device reads every
         # peer's buffer at once) beats the ring for small messages.
-        self.switched = fabric == "nvswitch" and len({cluster.node_of(d) for d in devices}) == 1
+        span = len({cluster.node_of(d) for d in devices})
+        self.switched = fabric == "nvswitch" and span == 1
+        # Measured α–β for this group: same machine type, device count and node span.
+        node = cluster.node_spec.name if cluster.node_spec is not None else ""
+        where = node if span == 1 else f"{node}*{span}"
+        self.measured = {f.op: f for f in fits if f.fabric == where and f.n_devices == self.n}
         nodes = sorted({cluster.node_of(d) for d in self.devices})
         per_node = Counter(cluster.node_of(d) for d in self.devices)
         self.hierarchical = len(nodes) > 1 and len(set(per_node.values())) == 1
@@ -81,6 +91,9 @@ class CollectiveModel:
     def all_reduce_s(self, size_bytes: float) -> float:
         if self.n <= 1 or size_bytes <= 0:
             return 0.0
+        fit = self.measured.get("all_reduce")
+        if fit is not None:
+            return fit.alpha_s + size_bytes / fit.bandwidth_bytes_per_s
         ring = 2.0 * self.reduce_scatter_s(size_bytes)
         if self.switched:
             return self.launch_s + min(ring, self._one_shot_s(size_bytes))

@@ -20,8 +20,8 @@ import pandas as pd
 import simpy
 
 from sim.analyze import layers_per_stage
+from sim.cost import make_kernel
 from sim.cost.collectives import CollectiveModel
-from sim.cost.roofline import RooflineKernel
 from sim.cost.stage import StageCost
 from sim.engine.batching import POLICIES, PolicyContext
 from sim.engine.kv_cache import BlockManager
@@ -158,7 +158,11 @@ def build_replicas(
     model, par = s.model, s.parallel
     plan = layer_plan(model, par.tp, precision)
     sizes = plan_replica(s, cluster, precision)
-    kernel = RooflineKernel(cluster.device, precision)
+    try:
+        kernel, profile = make_kernel(cluster.device, precision, s.engine.cost)
+    except LlmsimError as exc:
+        raise s.error(exc.message, exc.key or "engine.cost") from None
+    fits = profile.fit.collectives if profile is not None else ()
     params = s.scheduler.policy_params()
     policy_cls = POLICIES[s.scheduler.policy]
     max_model_len = params.max_model_len or model.max_seq_len
@@ -171,7 +175,7 @@ def build_replicas(
         stages = []
         for i, layers in enumerate(sizes.stages):
             devices = tuple(range(base + i * par.tp, base + (i + 1) * par.tp))
-            col = CollectiveModel(cluster, devices) if par.tp > 1 else None
+            col = CollectiveModel(cluster, devices, fits) if par.tp > 1 else None
             key = (i, layers, *_stage_cost_key(col))
             cost = shared_costs.get(key)
             if cost is None:

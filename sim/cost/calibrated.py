@@ -1,0 +1,180 @@
+"""The calibrated kernel: op times from a device's calibration profile.
+
+For a GEMM it first looks for measurements: the same (n, k) measured over a range of
+token counts that holds the asked m is interpolated log-log in m; a measured shape
+within a factor of two in n and k is interpolated the same way and scaled to the asked
+shape by the ratio of their rooflines (FLOPs where compute-bound, bytes where memory-
+bound). Anything else comes from the profile's fitted surface, which predicts any shape.
+Memory-bound families and attention come from their fitted efficiency curves.
+A family the profile lacks falls back to the roofline kernel.
+
+Whatever the source, the result is never below the physical roofline of the op.
+Dtypes other than the profile's are priced at the same efficiency relative to their own
+roofline (an fp8 GEMM on an H100 runs at the efficiency bf16 measured).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import numpy as np
+
+from sim.calibrate.fit import SurfacePoint, curve_at, stream_time
+from sim.calibrate.profile import Profile, StreamFit
+from sim.cost.roofline import RooflineKernel, floor_time
+from sim.hardware import DeviceSpec
+from sim.model import Op, Precision, Work, moe_active_experts, op_active, op_bytes, op_flops
+from sim.units import dtype_bytes
+
+STREAM_FAMILY = {
+    "norm": "norm",
+    "norm_2": "norm",
+    "rotary": "rotary",
+    "mlp_act": "act",
+    "residual_add": "add",
+    "residual_add_2": "add",
+    "embedding": "embedding",
+}
+
+
+class CalibratedKernel:
+    def __init__(self, device: DeviceSpec, precision: Precision, profile: Profile):
+        self.device = device
+        self.precision = precision
+        self.profile = profile
+        self.fit = profile.fit
+        self.fallback = RooflineKernel(device, precision)
+        self.flops_per_s = device.flops(precision.compute_dtype)
+        self.bytes_per_s = device.memory_bandwidth_bytes_per_s
+        self._measured: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        by_shape: dict[tuple[int, int], list[tuple[int, float]]] = defaultdict(list)
+        for p in profile.measurements.gemm:
+            by_shape[(p.n, p.k)].append((p.m, p.median_s))
+        for shape, pts in by_shape.items():
+            pts.sort()
+            m = np.log2([p[0] for p in pts])
+            t = np.log([p[1] for p in pts])
+            self._measured[shape] = (m, t)
+        size = dtype_bytes(profile.dtype)
+        self._profile_bytes = size
+        self._surface = SurfacePoint(self.fit.gemm.surface) if self.fit.gemm else None
+        self._cache: dict[tuple[int, int, float], float] = {}
+
+    # ------------------------------------------------------------------ the kernel
+    def source(self, op: Op) -> str:
+        if op.kind == "gemm" and self.fit.gemm is not None:
+            return "calibrated"
+        if op.kind in ("attn_prefill", "attn_decode") and self.fit.attention is not None:
+            return "calibrated"
+        family = STREAM_FAMILY.get(op.name)
+        if family is not None and getattr(self.fit, family) is not None:
+            return "calibrated"
+        return "roofline"
+
+    def op_time(self, op: Op, work: Work) -> float:
+        if op.kind == "all_reduce" or not op_active(op, work):
+            return 0.0
+        t = self._time(op, work)
+        return max(t, floor_time(self.device, self.precision, op, work))
+
+    def _time(self, op: Op, work: Work) -> float:
+        if op.kind == "gemm" and self.fit.gemm is not None:
+            return self._gemm(op, work.tokens)
+        att = self.fit.attention
+        if op.kind == "attn_prefill" and att is not None:
+            flops = op_flops(op, work)
+            eff = float(curve_at(att.prefill_compute, math.log2(max(flops, 1.0))))
+            return att.prefill_launch_s + flops / (self.flops_per_s * eff)
+        if op.kind == "attn_decode" and att is not None:
+            kv = (
+                float(work.decode_kv_tokens)
+                * 2.0
+                * op.kv_heads
+                * op.head_dim
+                * (self.precision.kv_bytes)
+            )
+            eff = float(curve_at(att.decode_memory, math.log2(max(kv, 1.0))))
+            return att.decode_launch_s + kv / (self.bytes_per_s * eff)
+        family = STREAM_FAMILY.get(op.name)
+        stream: StreamFit | None = getattr(self.fit, family) if family else None
+        if stream is not None:
+            return float(stream_time(stream, op_bytes(op, work, self.precision), self.bytes_per_s))
+        return self.fallback.op_time(op, work)
+
+    def _kv_bytes(self, op: Op, kv_tokens: float | np.ndarray) -> float | np.ndarray:
+        return kv_tokens * 2.0 * op.kv_heads * op.head_dim * self.precision.kv_bytes
+
+    def decode_attention_times(self, op: Op, seqs: int, kv_tokens: np.ndarray) -> np.ndarray:
+        """Vectorised `op_time` of decode attention over many KV totals."""
+        att = self.fit.attention
+        if att is None or seqs == 0:
+            return self.fallback.decode_attention_times(op, seqs, kv_tokens)
+        kv = np.asarray(self._kv_bytes(op, kv_tokens), dtype=float)
+        eff = curve_at(att.decode_memory, np.log2(np.maximum(kv, 1.0)))
+        t = att.decode_launch_s + kv / (self.bytes_per_s * eff)
+        floor = self.fallback_floor(op, seqs, kv_tokens)
+        out: np.ndarray = np.maximum(t, floor)
+        return out
+
+    def fallback_floor(self, op: Op, seqs: int, kv_tokens: np.ndarray) -> np.ndarray:
+        p = self.precision
+        per_kv = 2.0 * op.kv_heads * op.head_dim * p.kv_bytes
+        fixed = seqs * (2 * op.heads * op.head_dim * p.a_bytes + per_kv)
+        compute = kv_tokens * 4.0 * op.heads * op.head_dim / self.device.flops(p.compute_dtype)
+        memory = (fixed + kv_tokens * per_kv) / self.bytes_per_s
+        out: np.ndarray = np.maximum(compute, memory)
+        return out
+
+    # ------------------------------------------------------------------ GEMMs
+    def _roofline(self, m: float, n: int, k: int) -> float:
+        p = self.precision
+        flops = 2.0 * m * n * k
+        moved = n * k * p.w_bytes + m * (n + k) * p.a_bytes
+        return max(flops / self.flops_per_s, moved / self.bytes_per_s)
+
+    def _gemm(self, op: Op, tokens: int) -> float:
+        if op.top_k:  # MoE experts: a grouped GEMM over the experts the tokens reach
+            active = moe_active_experts(op.count, op.top_k, tokens)
+            rows = tokens * op.top_k / active
+            return active * self._gemm_shape(rows, op.n, op.k)
+        return op.count * self._gemm_shape(float(tokens), op.n, op.k)
+
+    def _gemm_shape(self, m: float, n: int, k: int) -> float:
+        key = (n, k, m)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        t = self._measured_gemm(m, n, k)
+        if t is None:
+            assert self._surface is not None
+            y = self._surface(math.log2(m), math.log2(n), math.log2(k))
+            t = self._roofline(m, n, k) * math.exp(y)
+        self._cache[key] = t
+        return t
+
+    def _measured_gemm(self, m: float, n: int, k: int) -> float | None:
+        if not self._measured:
+            return None
+        lm = math.log2(m)
+        best, dist = None, 1.0 + 1e-9  # within a factor of two in n and k
+        for (mn, mk), (ms, _) in self._measured.items():
+            if not ms[0] <= lm <= ms[-1]:
+                continue
+            d = max(abs(math.log2(mn / n)), abs(math.log2(mk / k)))
+            if d <= dist:
+                best, dist = (mn, mk), d
+        if best is None:
+            return None
+        ms, ts = self._measured[best]
+        t_measured = math.exp(float(np.interp(lm, ms, ts)))
+        # Scale from the measured shape and dtype to the asked ones by their rooflines.
+        measured_roof = self._profile_roofline(m, *best)
+        return t_measured * self._roofline(m, n, k) / measured_roof
+
+    def _profile_roofline(self, m: float, n: int, k: int) -> float:
+        size = self._profile_bytes
+        flops = 2.0 * m * n * k
+        moved = (n * k + m * (n + k)) * size
+        peak = self.device.flops(self.profile.dtype)
+        return max(flops / peak, moved / self.bytes_per_s)
