@@ -1,0 +1,257 @@
+"""`llmsim validate`: rows against closed forms, error arithmetic, filtering, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sim import catalog
+from sim.analyze import analyze
+from sim.cli import main
+from sim.errors import LlmsimError
+from sim.model import kv_bytes_per_token, total_params
+from sim.validate import (
+    NOT_REPRODUCIBLE,
+    OK,
+    SKIPPED,
+    Report,
+    Row,
+    default_data_path,
+    summarize,
+    validate,
+)
+
+DATA = default_data_path()
+needs_data = pytest.mark.skipif(
+    not DATA.is_file(),
+    reason=f"the shared measurements ({DATA}) are not beside this checkout",
+)
+# Entries of the shared file the suite reproduces, and the rows each must give a number.
+REPRODUCIBLE_PREFIXES = ("gptfast_", "trtllm_", "vllm_table1_memory/", "vllm_opt13b_kv")
+QUICK_REQUESTS = 2000  # cap on the throughput benchmarks' requests in tests
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def write_data(tmp_path: Path, entries: list[dict]) -> Path:
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump({"measurements": entries}))
+    return path
+
+
+GPTFAST = {
+    "id": "gptfast_Llama_2_7B_bf16_tp1",
+    "model": "Llama-2-7B",
+    "hardware": "nvidia_a100_80gb_sxm (power-limited to 330 W)",
+    "precision": "bf16 (Base)",
+    "workload": {"batch": 1, "prompt_tokens": 5},
+    "metric": "decode throughput per user (batch 1)",
+    "value": 104.9,
+    "unit": "tokens/s",
+}
+MEMORY = {
+    "id": "vllm_table1_memory",
+    "model": "OPT-13B / OPT-66B",
+    "count": {"13B": 1, "66B": 4},
+    "value": {
+        "13B": {
+            "gpus": "A100 (40GB)",
+            "total_mem_GB": 40,
+            "params_GB": 26,
+            "kv_cache_GB": 12,
+            "max_kv_slots": "15.7K",
+        },
+        "66B": {
+            "gpus": "4xA100",
+            "total_mem_GB": 160,
+            "params_GB": 132,
+            "kv_cache_GB": 21,
+            "max_kv_slots": "9.7K",
+        },
+    },
+}
+KV = {
+    "id": "vllm_opt13b_kv_per_token",
+    "model": "OPT-13B",
+    "metric": "KV cache bytes per token (FP16)",
+    "value": 800,
+    "unit": "KB/token",
+}
+
+
+# ------------------------------------------------------------------------ arithmetic
+
+
+def test_error_is_relative_to_the_measurement():
+    assert Row("a", "m", 200.0, 250.0, "u", "").error_pct == pytest.approx(25.0)
+    assert Row("a", "m", 200.0, 150.0, "u", "").error_pct == pytest.approx(-25.0)
+    assert Row("a", "m", 0.0, 1.0, "u", "").error_pct is None
+    assert Row("a", "m", 1.0, None, "u", "", NOT_REPRODUCIBLE).error_pct is None
+
+
+def test_summary_uses_absolute_errors_of_numeric_rows_only():
+    rows = [
+        Row("a", "m", 100.0, 110.0, "u", ""),  # +10
+        Row("b", "m", 100.0, 80.0, "u", ""),  # -20
+        Row("c", "m", 100.0, 130.0, "u", ""),  # +30
+        Row("d", "m", 100.0, None, "u", "why", NOT_REPRODUCIBLE),
+        Row("e", "m", None, None, "u", "skipped: x", SKIPPED),
+    ]
+    s = summarize(rows)
+    assert (s.n, s.n_numeric, s.n_not_reproducible, s.n_skipped) == (5, 3, 1, 1)
+    assert s.median_abs_error_pct == pytest.approx(20.0)
+    assert s.p90_abs_error_pct == pytest.approx(28.0)  # linear between 20 and 30
+    empty = summarize([])
+    assert empty.median_abs_error_pct is None and empty.p90_abs_error_pct is None
+
+
+# ------------------------------------------------------------- memory closed forms
+
+
+def test_kv_per_token_is_the_closed_form(tmp_path):
+    assert kv_bytes_per_token(catalog.load_model("opt-13b"), "fp16") == 819200
+    (row,) = validate(write_data(tmp_path, [KV])).rows
+    assert row.status == OK
+    assert row.simulated == 800.0  # 819200 B / 1024
+    assert row.error_pct == 0.0
+
+
+def test_memory_rows_match_the_closed_forms(tmp_path):
+    rows = {r.id: r for r in validate(write_data(tmp_path, [MEMORY])).rows}
+    assert len(rows) == 6 and all(r.status == OK for r in rows.values())
+    for size, model, device, tp in (
+        ("13B", "opt-13b", "a100-40gb", 1),
+        ("66B", "opt-66b", "a100-40gb", 4),
+    ):
+        spec = catalog.load_model(model)
+        a = analyze(spec, device, tp=tp, dtype="fp16", memory_utilization=0.9)
+        free = a.memory_bytes_per_device * 0.9 - a.weight_bytes_per_device
+        free -= a.activation_workspace_bytes
+        prefix = f"vllm_table1_memory/{size}"
+        assert rows[f"{prefix}/params"].simulated == total_params(spec) * 2 / 1e9
+        assert rows[f"{prefix}/kv_cache"].simulated == pytest.approx(tp * free / 2**30, rel=1e-12)
+        slots = math.floor(free / (16 * a.kv_bytes_per_token_per_device)) * 16
+        assert rows[f"{prefix}/slots"].simulated == slots
+    # the transcription's "15.7K" is parsed as 15,700 slots
+    assert rows["vllm_table1_memory/13B/slots"].measured == 15700
+    assert "a100-40gb" in rows["vllm_table1_memory/66B/params"].note  # 160 GB over 4 GPUs
+
+
+# ------------------------------------------------------------------ setups and input
+
+
+def test_gptfast_entry_is_simulated_and_notes_the_power_cap(tmp_path):
+    (row,) = validate(write_data(tmp_path, [GPTFAST])).rows
+    assert row.status == OK and row.simulated is not None and row.simulated > 0
+    assert "330 W" in row.note and "not corrected" in row.note
+
+
+def test_entry_missing_keys_is_a_skipped_row(tmp_path):
+    broken = {k: v for k, v in GPTFAST.items() if k != "workload"}
+    unknown_hw = {**GPTFAST, "id": "gptfast_x", "hardware": "no_such_gpu"}
+    no_id = {"model": "x"}
+    rows = validate(write_data(tmp_path, [broken, unknown_hw, no_id])).rows
+    assert [r.status for r in rows] == [SKIPPED, SKIPPED, SKIPPED]
+    assert rows[0].note == "skipped: entry has no workload.batch"
+    assert "no_such_gpu" in rows[1].note
+    assert rows[2].id == "entry #2" and "no id" in rows[2].note
+    assert rows[0].measured == 104.9
+
+
+def test_unmodelled_entry_says_why(tmp_path):
+    entry = {"id": "something_new", "metric": "m", "value": 3, "unit": "x"}
+    (row,) = validate(write_data(tmp_path, [entry])).rows
+    assert row.status == NOT_REPRODUCIBLE and row.simulated is None and row.note
+
+
+def test_missing_file_names_where_it_looked(tmp_path):
+    missing = tmp_path / "nowhere.yaml"
+    with pytest.raises(LlmsimError, match=r"nowhere\.yaml: measurements file not found"):
+        validate(missing)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["measurements: [\n  {id: x", "just a string\n", "measurements: {id: x}\n"],
+    ids=["bad-yaml", "not-a-mapping", "not-a-list"],
+)
+def test_malformed_file_is_one_error_line(tmp_path, capsys, text):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    code, out, err = run_cli(capsys, "validate", "--data", str(path))
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("llmsim: error: ") and str(path) in lines[0]
+
+
+def test_cli_only_and_json(tmp_path, capsys):
+    data = write_data(tmp_path, [GPTFAST, KV])
+    code, out, _ = run_cli(capsys, "validate", "--data", str(data), "--only", "KV_PER", "--json")
+    assert code == 0
+    obj = json.loads(out)
+    assert {"rows", "median_abs_error_pct", "p90_abs_error_pct", "n"} <= set(obj)
+    assert obj["n"] == 1 and [r["id"] for r in obj["rows"]] == ["vllm_opt13b_kv_per_token"]
+    assert obj["rows"][0]["error_pct"] == 0.0 and obj["median_abs_error_pct"] == 0.0
+
+
+def test_cli_table(tmp_path, capsys):
+    code, out, _ = run_cli(capsys, "validate", "--data", str(write_data(tmp_path, [KV])))
+    assert code == 0
+    header, row = out.splitlines()[:2]
+    assert header.split()[:6] == ["id", "metric", "unit", "measured", "simulated", "error"]
+    assert row.startswith("vllm_opt13b_kv_per_token") and "+0.0" in row
+    assert "median |error| 0.0%" in out
+
+
+# ------------------------------------------------------------- the shared data file
+
+
+@pytest.fixture(scope="module")
+def shared_report() -> Report:
+    if not DATA.is_file():
+        pytest.skip(f"the shared measurements ({DATA}) are not beside this checkout")
+    return validate(max_requests=QUICK_REQUESTS)
+
+
+@needs_data
+def test_every_reproducible_entry_gives_a_number(shared_report):
+    rows = shared_report.rows
+    assert not [r for r in rows if r.status == SKIPPED]
+    numeric = [r for r in rows if r.id.startswith(REPRODUCIBLE_PREFIXES)]
+    assert len([r for r in numeric if r.id.startswith("gptfast_")]) == 3
+    assert len([r for r in numeric if r.id.startswith("trtllm_")]) == 20
+    assert len([r for r in numeric if r.id.startswith("vllm_table1_memory/")]) == 9
+    assert all(r.status == OK and r.simulated is not None and r.simulated > 0 for r in numeric)
+    goodput = {r.id.split("/")[1]: r for r in rows if r.id.startswith("distserve_intro")}
+    assert goodput["colocated_1GPU"].simulated is not None
+    assert goodput["colocated_1GPU"].simulated > 0
+    others = [r for k, r in goodput.items() if k != "colocated_1GPU"]
+    assert others and all(r.status == NOT_REPRODUCIBLE for r in others)
+    assert all("disaggregated" in r.note for r in others)
+    s = shared_report.summary
+    assert s.n_numeric == len(numeric) + 1 and s.median_abs_error_pct is not None
+
+
+@needs_data
+def test_only_filters_the_shared_file():
+    report = validate(only="gptfast_llama_2_7b_INT8")
+    assert [r.id for r in report.rows] == ["gptfast_Llama_2_7B_int8_tp1"]
+
+
+@needs_data
+def test_throughput_does_not_depend_on_the_request_count():
+    """Steady state: half the published requests give the same tokens/s within 2%."""
+    one = "trtllm_Llama_3p1_8B_Instruct_H100_TP1_FP8_128_128"
+    (full,) = validate(only=one).rows
+    (half,) = validate(only=one, max_requests=15000).rows
+    assert full.simulated is not None and half.simulated is not None
+    assert "30000 requests" in full.note and "(of 30000)" in half.note
+    assert half.simulated == pytest.approx(full.simulated, rel=0.02)
