@@ -19,7 +19,8 @@ demo: $(STAMP)
 	$(BIN)/llmsim run scenarios/quickstart.yaml --out results/quickstart
 
 test: $(STAMP)
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest -n 2 --dist loadfile -m "not timing"
+	$(BIN)/pytest -m timing
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py

@@ -8,7 +8,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-BENCHMARKS = ["speed.py"]
+BENCHMARKS = ["speed.py", "generalisation.py"]
 
 
 def main() -> int:

@@ -32,6 +32,8 @@ from sim.model import (
     layer_weight_elems,
     lm_head_flops_per_token,
     non_embedding_params,
+    op_bytes,
+    op_flops,
     total_params,
 )
 from sim.modelspec import ModelSpec
@@ -272,3 +274,88 @@ def analyze_scenario(path: str, **overrides: Any) -> Analysis:
     kwargs.update(overrides)
     device = cluster_device(s.cluster)
     return analyze(s.model, device, **kwargs)
+
+
+def op_breakdown(
+    model: ModelSpec | str,
+    hardware: str,
+    *,
+    tp: int = 1,
+    tokens: int = 1,
+    kv_len: int | None = None,
+    dtype: str = "bf16",
+    kv_dtype: str | None = None,
+    activation_dtype: str | None = None,
+    cost: str = "auto",
+) -> dict[str, dict[str, Any]]:
+    """Seconds of each op of one layer on one device for `tokens` tokens, and where the
+    figure comes from (`calibrated`, `roofline`, or the collective's model).
+
+    Matmuls, norms, activation, rotary and residual adds process `tokens` tokens;
+    `attn_prefill` is one sequence prefilling `tokens` tokens after `kv_len` cached
+    ones (default 0); `attn_decode` is `tokens` sequences each generating one token
+    against `kv_len` cached ones (default 1024); `all_reduce` is one of the layer's
+    all-reduces of `tokens` activations over the TP group's links.
+    """
+    from sim.cost import CollectiveModel, make_kernel
+    from sim.model import all_reduce_bytes, op_active
+    from sim.topology import build_cluster
+
+    spec = catalog.load_model(model) if isinstance(model, str) else model
+    device = resolve_device(hardware)
+    act = activation_dtype or (dtype if dtype in ("bf16", "fp16", "fp32", "fp8") else "bf16")
+    precision = Precision(weights=dtype, activations=act, kv=kv_dtype or act)
+    check_tp(spec, tp)
+    if tokens < 1:
+        raise LlmsimError(f"must be at least 1, got {tokens}", key="tokens")
+    kernel, _ = make_kernel(device, precision, cost)
+    plan = layer_plan(spec, tp, precision)
+    prefill = Work.prefill(1, tokens, kv_len or 0)
+    decode = Work.decode(tokens, kv_len if kv_len is not None else 1024)
+    out: dict[str, dict[str, Any]] = {}
+    for op in plan.ops:
+        if op.kind == "all_reduce":
+            continue
+        work = decode if op.kind == "attn_decode" else prefill
+        seconds = kernel.op_time(op, work) if op_active(op, work) else 0.0
+        out[op.name] = {
+            "seconds": seconds,
+            "source": kernel.source(op),
+            "flops": op_flops(op, work),
+            "bytes": op_bytes(op, work, precision),
+        }
+    reduce = next((o for o in plan.ops if o.kind == "all_reduce"), None)
+    if reduce is not None:
+        cluster = _cluster_for(hardware, device, tp)
+        from sim.catalog import profile_for
+
+        profile = profile_for(device) if cost != "roofline" else None
+        fits = profile.fit.collectives if profile is not None else ()
+        collective = CollectiveModel(build_cluster(cluster), tuple(range(tp)), fits)
+        size = all_reduce_bytes(reduce, prefill, precision)
+        measured = "all_reduce" in collective.measured
+        out["all_reduce"] = {
+            "seconds": collective.all_reduce_s(size),
+            "source": "calibrated" if measured else f"links of {cluster.name}",
+            "flops": 0.0,
+            "bytes": size,
+        }
+    return out
+
+
+def _cluster_for(hardware: str, device: DeviceSpec, tp: int) -> ClusterSpec:
+    """The cluster named by `hardware`, or the first catalog node of `device` with room
+    for `tp` devices (for pricing a TP group's collectives)."""
+    try:
+        return catalog.cluster_from_ref(hardware)
+    except LlmsimError:
+        pass
+    for entry in catalog.entries("node"):
+        node = catalog.load_node(entry.name)
+        if catalog.device_of(node.device).name == device.name and node.devices_per_node >= tp:
+            return ClusterSpec(name=node.name, node=node, nodes=1)
+    raise LlmsimError(
+        f"no node in the catalog holds {tp} {device.name} devices to price the all-reduce; "
+        "give --hardware a node or cluster",
+        key="tp",
+    )

@@ -116,6 +116,10 @@ def find(kind: str, name: str) -> Path:
     candidate = Path(name).expanduser()
     if candidate.suffix in (".yaml", ".yml", ".json", ".csv") and candidate.is_file():
         return candidate
+    for root in roots():  # a file named like the name: no need to read the whole catalog
+        direct = root / KINDS[kind] / f"{name}.yaml"
+        if direct.is_file():
+            return direct
     entry = _index(kind, tuple(roots())).get(name.lower())
     if entry is None:
         raise unknown_name(kind, name, (e.name for e in entries(kind)))
@@ -145,7 +149,33 @@ def _loader(kind: str, cls: type[T]) -> Callable[[str], T]:
     return load
 
 
-load_device = _loader("device", DeviceSpec)
+_load_catalog_device = _loader("device", DeviceSpec)
+
+
+def load_device(name: str) -> DeviceSpec:
+    """A device by name or path; failing that, one a calibration profile measured and
+    carries (`llmsim calibrate --device cpu` makes such a profile)."""
+    try:
+        return _load_catalog_device(name)
+    except LlmsimError as exc:
+        carried = _carried_device(name.lower())
+        if carried is None:
+            raise exc from None
+        return carried
+
+
+@functools.cache
+def _carried_device(name: str) -> DeviceSpec | None:
+    for entry in entries("calibration"):
+        raw = read_yaml(entry.path)
+        spec = raw.get("device_spec") if isinstance(raw, dict) else None
+        if isinstance(spec, dict) and str(spec.get("name", "")).lower() == name:
+            profile = load_profile(entry.name)
+            assert profile.device_spec is not None
+            return profile.device_spec.model_copy(update={"calibration": profile.name})
+    return None
+
+
 load_node = _loader("node", NodeSpec)
 load_cluster = _loader("cluster", ClusterSpec)
 
@@ -165,6 +195,12 @@ def profile_for(device: DeviceSpec) -> Profile | None:
             return load_profile(device.calibration)
         except LlmsimError as exc:
             raise LlmsimError(exc.message, key=f"device {device.name}: calibration") from None
+    for root in roots():  # by convention a profile is named after its device
+        direct = root / KINDS["calibration"] / f"{device.name}.yaml"
+        if direct.is_file():
+            profile = load_profile(str(direct))
+            if profile.device == device.name:
+                return profile
     for entry in entries("calibration"):
         raw = read_yaml(entry.path)
         if isinstance(raw, dict) and raw.get("device") == device.name:
@@ -230,5 +266,6 @@ def clear_cache() -> None:
     load_model.cache_clear()
     load_profile.cache_clear()
     profile_for.cache_clear()
+    _carried_device.cache_clear()
     for cached in _CACHES:
         cached.cache_clear()

@@ -132,6 +132,30 @@ def _setup_analyze(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default=None, help="weight dtype: fp32 bf16 fp16 fp8 int8 int4")
     p.add_argument("--kv-dtype", default=None, help="KV-cache dtype (default: activations)")
     p.add_argument("--act-dtype", default=None, help="activation dtype (default bf16)")
+    p.add_argument(
+        "--ops",
+        action="store_true",
+        help="add the predicted seconds of each op of one layer on one device "
+        "for --tokens tokens, with the source of each figure",
+    )
+    p.add_argument(
+        "--tokens",
+        type=int,
+        default=None,
+        help="tokens for --ops (prefill chunk, or decoding sequences); default 1",
+    )
+    p.add_argument(
+        "--kv-len",
+        type=int,
+        default=None,
+        help="cached tokens for --ops attention (default: 0 prefill, 1024 decode)",
+    )
+    p.add_argument(
+        "--cost",
+        choices=["auto", "roofline", "calibrated"],
+        default="auto",
+        help="--ops pricing: the device's calibration profile when it has one",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_run_analyze)
 
@@ -158,11 +182,35 @@ def _run_analyze(ns: argparse.Namespace) -> int:
             raise LlmsimError("give a scenario file, or both --model and --hardware")
         result = analyze(ns.model, ns.hardware, **kwargs)
     data = result.to_dict()
+    if ns.ops:
+        from sim.analyze import op_breakdown
+
+        hardware = ns.hardware or data["device"]
+        data["ops"] = op_breakdown(
+            data["model"] if not ns.model else ns.model,
+            hardware,
+            tp=data["tp"],
+            tokens=ns.tokens or 1,
+            kv_len=ns.kv_len,
+            dtype=data["weight_dtype"],
+            kv_dtype=data["kv_dtype"],
+            activation_dtype=data["activation_dtype"],
+            cost=ns.cost,
+        )
     if ns.json:
         print_json(data)
     else:
         print(_analysis_table(data))
+        if ns.ops:
+            print(_ops_table(data["ops"], ns.tokens or 1))
     return 0
+
+
+def _ops_table(ops: dict[str, dict[str, Any]], tokens: int) -> str:
+    lines = [f"\none layer on one device, {tokens} token(s):", f"{'op':<16}{'time':>12}  source"]
+    for name, row in ops.items():
+        lines.append(f"{name:<16}{_fmt_s(row['seconds']):>12}  {row['source']}")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------ catalog

@@ -39,7 +39,6 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
-from scipy import special
 
 from sim.errors import LlmsimError
 from sim.slo import SLOSpec
@@ -523,6 +522,8 @@ def _renewal(draw: Any, rate: float, n: int | None, until: float | None) -> np.n
 
 
 def _normal_mass(lo: float, hi: float) -> float:
+    from scipy import special  # only normal/lognormal lengths need it: keep start-up light
+
     if lo > 0:  # work in the tail where ndtr keeps its precision
         lo, hi = -hi, -lo
     return float(special.ndtr(hi) - special.ndtr(lo))
@@ -530,6 +531,8 @@ def _normal_mass(lo: float, hi: float) -> float:
 
 def _truncated_normal(rng: np.random.Generator, lo: float, hi: float, m: int) -> np.ndarray:
     """Standard normal draws conditioned on [lo, hi), by inverse CDF (no rejection loop)."""
+    from scipy import special
+
     flip = lo > 0
     if flip:
         lo, hi = -hi, -lo

@@ -17,12 +17,12 @@ Curves are binned medians, so a few wild points do not move them.
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
-import scipy.sparse as sparse
-from scipy.sparse.linalg import lsqr
 
 from sim.calibrate.profile import (
     AttentionFit,
@@ -60,8 +60,11 @@ def _grid_shape(lo: Sequence[float], hi: Sequence[float], step: float) -> tuple[
     return a, b, c
 
 
-def _trilinear(surface: Surface, x: np.ndarray) -> sparse.csr_matrix:
-    """Interpolation weights of points x (n×3, log2 units) on the surface's grid."""
+def _trilinear(surface: Surface, x: np.ndarray) -> Any:
+    """Interpolation weights of points x (n×3, log2 units) on the surface's grid, as a
+    sparse matrix."""
+    import scipy.sparse as sparse  # fitting only: the kernel reads surfaces without scipy
+
     shape = np.array(surface.shape)
     lo = np.array(surface.lo)
     g = (np.clip(x, lo, lo + (shape - 1) * surface.step) - lo) / surface.step
@@ -124,7 +127,9 @@ def surface_at(surface: Surface, x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _second_differences(shape: tuple[int, int, int]) -> sparse.csr_matrix:
+def _second_differences(shape: tuple[int, int, int]) -> Any:
+    import scipy.sparse as sparse
+
     size = int(np.prod(shape))
     idx = np.arange(size).reshape(shape)
     blocks = []
@@ -159,6 +164,9 @@ def fit_surface(
 ) -> Surface:
     """Least squares fit of y at x on a grid, with a second-difference penalty; with a
     prior, the fit is of the residual and the prior is added back."""
+    import scipy.sparse as sparse
+    from scipy.sparse.linalg import lsqr
+
     shape = _grid_shape(lo, hi, step)
     empty = Surface(lo=tuple(lo), step=step, shape=shape, values=(0.0,) * int(np.prod(shape)))
     target = y - (surface_at(prior, x) if prior is not None else 0.0)
@@ -252,6 +260,25 @@ def binned_curve(log2_x: np.ndarray, y: np.ndarray, width: float = 1.0) -> Curve
         xs.append(float(np.median(log2_x[sel])))
         ys.append(float(np.median(y[sel])))
     return Curve(log2_x=tuple(round(v, 4) for v in xs), y=tuple(round(v, 6) for v in ys))
+
+
+class ScalarCurve:
+    """A curve read one value at a time without numpy (the kernel's hot path); equal
+    to `curve_at` (linear between points, flat beyond the ends)."""
+
+    def __init__(self, curve: Curve):
+        self.xs = list(curve.log2_x)
+        self.ys = list(curve.y)
+
+    def __call__(self, x: float) -> float:
+        xs, ys = self.xs, self.ys
+        if x <= xs[0]:
+            return ys[0]
+        if x >= xs[-1]:
+            return ys[-1]
+        i = bisect.bisect_right(xs, x)
+        x0, x1 = xs[i - 1], xs[i]
+        return ys[i - 1] + (ys[i] - ys[i - 1]) * (x - x0) / (x1 - x0)
 
 
 def curve_at(curve: Curve, log2_x: np.ndarray | float) -> np.ndarray:

@@ -183,7 +183,9 @@ GRIDS: dict[tuple[str, bool], Grid] = {
         max_calls=200,
     ),
     ("cpu", True): Grid(
-        gemm_m=(1, 8, 64, 256),
+        # 1 and 2 both: on CPUs m = 1 takes a GEMV path and m >= 2 a GEMM path, which
+        # can be slower (small decode batches sit on that step).
+        gemm_m=(1, 2, 8, 64, 256),
         prefill_batch=(1, 2),
         prefill_len=(32, 128),
         prefill_max_tokens=256,
@@ -407,13 +409,16 @@ def _randn(shape: Sequence[int], run: Run) -> torch.Tensor:
 
 
 def gemm_shapes(run: Run) -> list[tuple[int, int]]:
-    """Distinct per-device (n, k) of the `gemm` ops of every model at every TP degree."""
+    """Distinct per-device (n, k) of the `gemm` ops of every model at every TP degree,
+    the LM head (vocab-parallel) included."""
     shapes: set[tuple[int, int]] = set()
     for model in run.models:
         for tp in run.tps[model.name]:
             for op in layer_plan(model, tp).ops:
                 if op.kind == "gemm":
                     shapes.add((op.n, op.k))
+            if not model.encoder_only:
+                shapes.add((-(-model.vocab_size // tp), model.d_model))
     return sorted(shapes)
 
 
@@ -451,16 +456,18 @@ def _cycle(sets: list[tuple[torch.Tensor, ...]]) -> Callable[[], tuple[torch.Ten
 
 
 def _gemm_fn(run: Run, m: int, weights: list[tuple[torch.Tensor, ...]]) -> Callable[[], object]:
-    x = _randn((m, weights[0][0].shape[0]), run)
+    x = _randn((m, weights[0][0].shape[1]), run)
     nxt = _cycle(weights)
-    return lambda: torch.matmul(x, nxt()[0])
+    return lambda: torch.nn.functional.linear(x, nxt()[0])
 
 
 def measure_gemms(run: Run, skipped: list[str]) -> list[GemmPoint]:
-    """x[m,k] @ w[k,n]; the activations stay cached, the weights come from memory."""
+    """linear(x[m,k], W[n,k]): the weight layout of nn.Linear, which frameworks use (on
+    CPUs it runs up to 2x slower than x @ w[k,n] at small m); the activations stay
+    cached, the weights come from memory."""
     points = []
     for n, k in gemm_shapes(run):
-        weights = _cold(run, (_randn((k, n), run),))
+        weights = _cold(run, (_randn((n, k), run),))
         for m in run.grid.gemm_m:
             build = partial(_gemm_fn, run, m, weights)
             stats = _try_point(run, skipped, f"gemm {m}x{n}x{k}", build)
@@ -1058,7 +1065,7 @@ def profile_device(run: Run, measurements: Measurements) -> tuple[DeviceSpec, bo
 
 
 def fit_profile(
-    measurements: Measurements, spec: DeviceSpec
+    measurements: Measurements, spec: DeviceSpec, dtype: str = "bf16"
 ) -> tuple[Fit, dict[str, dict[str, float]], str | None]:
     """The fitted curves and their errors, or an empty fit and the reason."""
     try:
@@ -1066,7 +1073,7 @@ def fit_profile(
     except ImportError:
         return Fit(), {}, "sim.calibrate.fit is not available: the profile holds no fit"
     try:
-        fit, quality = fit_measurements(measurements, spec)
+        fit, quality = fit_measurements(measurements, spec, dtype)
     except Exception as exc:  # measurements took minutes: keep them even if the fit fails
         return Fit(), {}, f"the fit failed ({type(exc).__name__}: {exc}); no fit written"
     return fit, quality, None
@@ -1146,7 +1153,7 @@ def _calibrate(run: Run, say: Callable[[str], None]) -> Result:
     )
     spec, in_catalog = profile_device(run, measurements)
     say("fit: fitting curves")
-    fit, quality, note = fit_profile(measurements, spec)
+    fit, quality, note = fit_profile(measurements, spec, run.dtype_name)
     if note:
         warnings.append(note)
     env = environment(run)
@@ -1157,6 +1164,7 @@ def _calibrate(run: Run, say: Callable[[str], None]) -> Result:
         source=f"measured by `{run.options.command or 'llmsim calibrate'}` on {env.host}, "
         f"{env.date}",
         dtype=run.dtype_name,
+        device_spec=None if in_catalog else spec,
         environment=env,
         measurements=measurements,
         fit=fit,

@@ -19,6 +19,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from sim.hardware import DeviceSpec
 from sim.specbase import Spec
 
 
@@ -157,6 +158,11 @@ class Profile(Spec):
     description: str = ""
     source: str = Field(description="where the numbers came from")
     dtype: str = "bf16"
+    device_spec: DeviceSpec | None = Field(
+        default=None,
+        description="the measured device, when the catalog has none of that name (a CPU): "
+        "a profile in hardware/calibration/ then makes the device usable by name",
+    )
     environment: Environment = Environment()
     measurements: Measurements = Measurements()
     fit: Fit = Fit()

@@ -20,8 +20,8 @@ from collections import defaultdict
 
 import numpy as np
 
-from sim.calibrate.fit import SurfacePoint, curve_at, stream_time
-from sim.calibrate.profile import Profile, StreamFit
+from sim.calibrate.fit import ScalarCurve, SurfacePoint, curve_at
+from sim.calibrate.profile import Profile
 from sim.cost.roofline import RooflineKernel, floor_time
 from sim.hardware import DeviceSpec
 from sim.model import Op, Precision, Work, moe_active_experts, op_active, op_bytes, op_flops
@@ -59,6 +59,14 @@ class CalibratedKernel:
         size = dtype_bytes(profile.dtype)
         self._profile_bytes = size
         self._surface = SurfacePoint(self.fit.gemm.surface) if self.fit.gemm else None
+        self._streams = {
+            family: (stream.launch_s, ScalarCurve(stream.efficiency))
+            for family in set(STREAM_FAMILY.values())
+            if (stream := getattr(self.fit, family)) is not None
+        }
+        att = self.fit.attention
+        self._prefill_eff = ScalarCurve(att.prefill_compute) if att is not None else None
+        self._decode_eff = ScalarCurve(att.decode_memory) if att is not None else None
         self._cache: dict[tuple[int, int, float], float] = {}
 
     # ------------------------------------------------------------------ the kernel
@@ -82,28 +90,28 @@ class CalibratedKernel:
         if op.kind == "gemm" and self.fit.gemm is not None:
             return self._gemm(op, work.tokens)
         att = self.fit.attention
-        if op.kind == "attn_prefill" and att is not None:
+        if op.kind == "attn_prefill" and att is not None and self._prefill_eff is not None:
             flops = op_flops(op, work)
-            eff = float(curve_at(att.prefill_compute, math.log2(max(flops, 1.0))))
+            eff = self._prefill_eff(math.log2(max(flops, 1.0)))
             return att.prefill_launch_s + flops / (self.flops_per_s * eff)
-        if op.kind == "attn_decode" and att is not None:
-            kv = (
-                float(work.decode_kv_tokens)
-                * 2.0
-                * op.kv_heads
-                * op.head_dim
-                * (self.precision.kv_bytes)
-            )
-            eff = float(curve_at(att.decode_memory, math.log2(max(kv, 1.0))))
+        if op.kind == "attn_decode" and att is not None and self._decode_eff is not None:
+            kv = float(work.decode_kv_tokens) * self._kv_per_token(op)
+            eff = self._decode_eff(math.log2(max(kv, 1.0)))
             return att.decode_launch_s + kv / (self.bytes_per_s * eff)
         family = STREAM_FAMILY.get(op.name)
-        stream: StreamFit | None = getattr(self.fit, family) if family else None
+        stream = self._streams.get(family) if family else None
         if stream is not None:
-            return float(stream_time(stream, op_bytes(op, work, self.precision), self.bytes_per_s))
+            launch, curve = stream
+            moved = op_bytes(op, work, self.precision)
+            return launch + moved / (self.bytes_per_s * curve(math.log2(max(moved, 1.0))))
         return self.fallback.op_time(op, work)
 
-    def _kv_bytes(self, op: Op, kv_tokens: float | np.ndarray) -> float | np.ndarray:
-        return kv_tokens * 2.0 * op.kv_heads * op.head_dim * self.precision.kv_bytes
+    def _kv_per_token(self, op: Op) -> float:
+        return 2.0 * op.kv_heads * op.head_dim * self.precision.kv_bytes
+
+    def _kv_bytes(self, op: Op, kv_tokens: np.ndarray) -> np.ndarray:
+        out: np.ndarray = kv_tokens * self._kv_per_token(op)
+        return out
 
     def decode_attention_times(self, op: Op, seqs: int, kv_tokens: np.ndarray) -> np.ndarray:
         """Vectorised `op_time` of decode attention over many KV totals."""
