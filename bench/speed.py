@@ -11,8 +11,11 @@ session and the ratio of wall times is printed: measured side by side, not quote
 
     python bench/speed.py                 # the Qwen2-7B / A30 cases and the 1M run
     python bench/speed.py --skip-1m
-    python bench/speed.py --vidur /tmp/vidur-bench/vidur \
+    VIDUR_CACHE_DIR=/path/to/warm/cache python bench/speed.py --vidur /tmp/vidur-bench/vidur \
         --vidur-python /tmp/vidur-bench/venv/bin/python
+
+Vidur trains random-forest predictors on first use (half an hour here) and caches them;
+point VIDUR_CACHE_DIR at a warm cache so the comparison is of simulation, not training.
 """
 
 from __future__ import annotations
@@ -69,12 +72,19 @@ def run_llmsim(scenario: Path, overrides: list[str]) -> dict:
 
 
 def run_vidur(vidur: Path, python: str, requests: int, scheduler: str) -> dict:
+    """Vidur's standard Qwen2-7B / A30 run (its A30 and Qwen-2-7B configs come from the
+    block-sim fork that produced the shared A30 profiles), plots and Chrome trace off."""
+    out = Path(os.environ.get("TMPDIR", "/tmp")) / "vidur-bench-out"
     argv = [
         python,
         "-m",
         "vidur.main",
+        "--seed",
+        "0",
         "--replica_config_device",
         "a30",
+        "--replica_config_network_device",
+        "a30_single_gpu",
         "--replica_config_model_name",
         "Qwen/Qwen-2-7B",
         "--cluster_config_num_replicas",
@@ -87,18 +97,34 @@ def run_vidur(vidur: Path, python: str, requests: int, scheduler: str) -> dict:
         "synthetic",
         "--synthetic_request_generator_config_num_requests",
         str(requests),
+        "--synthetic_request_generator_config_seed",
+        "0",
         "--length_generator_config_type",
         "trace",
         "--trace_request_length_generator_config_max_tokens",
         "4096",
         "--trace_request_length_generator_config_trace_file",
         "./data/processed_traces/splitwise_conv.csv",
+        "--trace_request_length_generator_config_seed",
+        "0",
         "--interval_generator_config_type",
         "poisson",
         "--poisson_request_interval_generator_config_qps",
         "3.0",
+        "--poisson_request_interval_generator_config_seed",
+        "0",
         "--replica_scheduler_config_type",
         scheduler,
+        "--random_forrest_execution_time_predictor_config_prediction_max_prefill_chunk_size",
+        "4096",
+        "--random_forrest_execution_time_predictor_config_prediction_max_batch_size",
+        "128",
+        "--random_forrest_execution_time_predictor_config_prediction_max_tokens_per_request",
+        "4096",
+        "--metrics_config_output_dir",
+        str(out),
+        "--no-metrics_config_store_plots",
+        "--no-metrics_config_enable_chrome_trace",
     ]
     if scheduler == "vllm":
         argv += ["--vllm_scheduler_config_batch_size_cap", "128"]
@@ -109,6 +135,8 @@ def run_vidur(vidur: Path, python: str, requests: int, scheduler: str) -> dict:
             "--sarathi_scheduler_config_chunk_size",
             "512",
         ]
+    if os.environ.get("VIDUR_CACHE_DIR"):
+        argv += ["--metrics_config_cache_dir", os.environ["VIDUR_CACHE_DIR"]]
     env = dict(os.environ, WANDB_MODE="disabled")
     wall, rss, _ = measure(argv, cwd=vidur, env=env)
     return {"process_wall_s": wall, "max_rss_mb": rss / 1024}
