@@ -121,8 +121,10 @@ def test_quick_profile_has_positive_ordered_timings(quick):
 @needs_torch
 def test_quick_profile_shapes_come_from_the_layer_plan(quick):
     profile = quick[0]
-    plan = layer_plan(load_model("gpt3-125m"), 1)
+    model = load_model("gpt3-125m")
+    plan = layer_plan(model, 1)
     expected = {(op.n, op.k) for op in plan.ops if op.kind == "gemm"}
+    expected.add((model.vocab_size, model.d_model))  # the LM head
     measured = {(p.n, p.k) for p in profile.measurements.gemm}
     assert measured == expected
     assert {p.m for p in profile.measurements.gemm} == {1, 8, 64, 256}
