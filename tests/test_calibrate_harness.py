@@ -127,7 +127,7 @@ def test_quick_profile_shapes_come_from_the_layer_plan(quick):
     expected.add((model.vocab_size, model.d_model))  # the LM head
     measured = {(p.n, p.k) for p in profile.measurements.gemm}
     assert measured == expected
-    assert {p.m for p in profile.measurements.gemm} == {1, 8, 64, 256}
+    assert {p.m for p in profile.measurements.gemm} == {1, 2, 8, 64, 256}
     attn = next(op for op in plan.ops if op.kind == "attn_prefill")
     assert {(p.heads, p.kv_heads, p.head_dim) for p in profile.measurements.attention} == {
         (attn.heads, attn.kv_heads, attn.head_dim)
