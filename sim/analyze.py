@@ -27,6 +27,7 @@ from sim.model import (
     embedding_weight_elems,
     flops_per_token,
     kv_bytes_per_token,
+    kv_bytes_per_token_per_device,
     kv_tokens_kept,
     layer_plan,
     layer_weight_elems,
@@ -85,13 +86,6 @@ def weight_bytes_per_device(model: ModelSpec, tp: int, pp: int, precision: Preci
     # Embedding (input) on the first stage, LM head (+ final norm) on the last.
     head = emb / 2 if not model.tied_embeddings else emb
     return max(stages[0] * layer + emb / 2, stages[-1] * layer + head) * precision.w_bytes
-
-
-def kv_bytes_per_token_per_device(model: ModelSpec, tp: int, pp: int, kv_dtype: str) -> float:
-    """KV bytes one device keeps per token: its K/V heads of its stage's layers."""
-    kv_local = max(1, model.kv_heads // tp)
-    layers = layers_per_stage(model.n_layers, pp)[0]
-    return 2.0 * layers * kv_local * model.head_dim * Precision(kv=kv_dtype).kv_bytes
 
 
 @dataclass(frozen=True)
@@ -189,7 +183,9 @@ def analyze(
 
     w_dev = weight_bytes_per_device(spec, tp, pp, precision)
     kv_tok = kv_bytes_per_token(spec, precision.kv)
-    kv_tok_dev = kv_bytes_per_token_per_device(spec, tp, pp, precision.kv)
+    kv_tok_dev = kv_bytes_per_token_per_device(
+        spec, tp, layers_per_stage(spec.n_layers, pp)[0], precision.kv
+    )
     kept = kv_tokens_kept(spec, prompt + output)
     workspace_tokens = max(prompt, 2048)
     workspace = activation_workspace_bytes(spec, workspace_tokens, tp, precision)

@@ -159,6 +159,33 @@ def summarize(
     return summary
 
 
+def pipeline_summary(replicas: list[Replica], end_s: float) -> dict[str, Any]:
+    """Bubble fraction: the share of stage time left idle while a replica had a step in
+    flight, 1 − Σ stage busy / (stages × time in flight), over all replicas; and each
+    stage's busy share of the run (averaged over replicas)."""
+    busy = sum(st.busy_s for rep in replicas for st in rep.stages)
+    capacity = sum(len(rep.stages) * rep.active_s for rep in replicas)
+    n_stages = len(replicas[0].stages) if replicas else 0
+    per_stage = [
+        float(np.mean([rep.stages[i].busy_s for rep in replicas])) / end_s if end_s > 0 else 0.0
+        for i in range(n_stages)
+    ]
+    return {
+        "bubble_fraction": max(0.0, 1.0 - busy / capacity) if capacity > 0 else 0.0,
+        "stage_utilization": per_stage,
+    }
+
+
+def resource_summary(devices: pd.DataFrame, links: pd.DataFrame) -> dict[str, Any]:
+    """Peak memory per device and the busiest link (for comparisons)."""
+    return {
+        "memory_bytes_per_device_peak": float(devices["memory_bytes_peak"].max())
+        if len(devices)
+        else 0.0,
+        "link_utilization_max": float(links["utilization"].max()) if len(links) else 0.0,
+    }
+
+
 def _weighted(devices: pd.DataFrame, column: str) -> float:
     return float(devices[column].mean()) if len(devices) else 0.0
 

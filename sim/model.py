@@ -68,6 +68,8 @@ class Op:
     attention: `heads`, `kv_heads` and `head_dim` held by this device.
     elementwise: `read_elems` and `write_elems` per token, `flops_per_token`.
     all_reduce: `elems` per token.
+    `share` < 1: attention split by batch (each device runs all heads for 1/tp of the
+    sequences; Pope et al. for multiquery models) instead of by heads.
     """
 
     name: str
@@ -83,6 +85,7 @@ class Op:
     write_elems: float = 0.0
     flops_per_token: float = 0.0
     elems: int = 0
+    share: float = 1.0  # attention sharded by batch: this device's share of the sequences
 
 
 @dataclass(frozen=True)
@@ -137,10 +140,18 @@ class LayerPlan:
         return sum(op_bytes(op, work, self.precision) for op in self.ops)
 
 
-def check_tp(model: ModelSpec, tp: int) -> None:
-    """Raise if `tp` cannot split this model's heads and MLP evenly."""
+def check_tp(model: ModelSpec, tp: int, attention: str = "heads") -> None:
+    """Raise if `tp` cannot split this model's heads (when attention is split by heads)
+    and MLP evenly."""
     if tp < 1:
         raise LlmsimError(f"tp must be at least 1, got {tp}", key="parallel.tp")
+    if attention == "batch":
+        if model.d_ff_expert % tp:
+            raise LlmsimError(
+                f"{tp} does not divide d_ff={model.d_ff_expert} of {model.name}",
+                key="parallel.tp",
+            )
+        return
     if model.n_heads % tp:
         raise LlmsimError(
             f"{tp} does not divide n_heads={model.n_heads} of {model.name}; "
@@ -169,13 +180,22 @@ def valid_tp(model: ModelSpec, limit: int = 64) -> list[int]:
 
 
 @functools.cache
-def layer_plan(model: ModelSpec, tp: int = 1, precision: Precision = Precision()) -> LayerPlan:
-    """The per-device ops of one layer under `tp`-way tensor parallelism."""
-    check_tp(model, tp)
+def layer_plan(
+    model: ModelSpec, tp: int = 1, precision: Precision = Precision(), attention: str = "heads"
+) -> LayerPlan:
+    """The per-device ops of one layer under `tp`-way tensor parallelism, attention split
+    by heads (Megatron) or by batch (each device: all heads, 1/tp of the sequences)."""
+    check_tp(model, tp, attention)
     d, dh = model.d_model, model.head_dim
-    heads = model.n_heads // tp
-    kv_heads = max(1, model.kv_heads // tp)  # replicated when kv_heads < tp
-    q_local, kv_local = heads * dh, kv_heads * dh
+    by_batch = attention == "batch" and tp > 1
+    heads = model.n_heads if by_batch else model.n_heads // tp
+    kv_heads = model.kv_heads if by_batch else max(1, model.kv_heads // tp)  # replicated
+    share = 1.0 / tp if by_batch else 1.0
+    if by_batch:  # projections stay split over the devices; attention runs per sequence
+        q_local = -(-model.q_dim // tp)
+        kv_local = -(-model.kv_dim // tp)
+    else:
+        q_local, kv_local = heads * dh, kv_heads * dh
     ops: list[Op] = []
     n_norms = 1 if model.parallel_block else 2
     for i in range(n_norms):
@@ -194,8 +214,12 @@ def layer_plan(model: ModelSpec, tp: int = 1, precision: Precision = Precision()
         ops.append(
             Op("rotary", "elementwise", read_elems=rot, write_elems=rot, flops_per_token=3 * rot)
         )
-    ops.append(Op("attn_prefill", "attn_prefill", heads=heads, kv_heads=kv_heads, head_dim=dh))
-    ops.append(Op("attn_decode", "attn_decode", heads=heads, kv_heads=kv_heads, head_dim=dh))
+    ops.append(
+        Op("attn_prefill", "attn_prefill", heads=heads, kv_heads=kv_heads, head_dim=dh, share=share)
+    )
+    ops.append(
+        Op("attn_decode", "attn_decode", heads=heads, kv_heads=kv_heads, head_dim=dh, share=share)
+    )
     ops.append(Op("o_proj", "gemm", n=d, k=q_local))
     if not model.parallel_block:
         ops.append(
@@ -258,9 +282,9 @@ def op_flops(op: Op, work: Work) -> float:
         rows = work.tokens * (op.top_k if op.top_k else 1)
         return 2.0 * rows * op.k * op.n
     if op.kind == "attn_prefill":
-        return 4.0 * work.prefill_pairs * op.heads * op.head_dim
+        return 4.0 * work.prefill_pairs * op.heads * op.head_dim * op.share
     if op.kind == "attn_decode":
-        return 4.0 * work.decode_kv_tokens * op.heads * op.head_dim
+        return 4.0 * work.decode_kv_tokens * op.heads * op.head_dim * op.share
     if op.kind == "elementwise":
         return op.flops_per_token * work.tokens
     return 0.0
@@ -282,14 +306,14 @@ def op_bytes(op: Op, work: Work, precision: Precision) -> float:
         q_o = 2 * work.prefill_tokens * op.heads * op.head_dim * a
         kv_read = work.prefill_kv_tokens * 2 * op.kv_heads * op.head_dim * kvb
         kv_write = work.prefill_tokens * 2 * op.kv_heads * op.head_dim * kvb
-        return q_o + kv_read + kv_write
+        return (q_o + kv_read + kv_write) * op.share
     if op.kind == "attn_decode":
         if work.decode_seqs == 0:
             return 0.0
         q_o = 2 * work.decode_seqs * op.heads * op.head_dim * a
         kv_read = work.decode_kv_tokens * 2 * op.kv_heads * op.head_dim * kvb
         kv_write = work.decode_seqs * 2 * op.kv_heads * op.head_dim * kvb
-        return q_o + kv_read + kv_write
+        return (q_o + kv_read + kv_write) * op.share
     if op.kind == "elementwise":
         return (op.read_elems + op.write_elems) * work.tokens * a
     return 0.0
@@ -375,12 +399,15 @@ def active_params(model: ModelSpec) -> int:
     return total_params(model) - model.n_layers * inactive
 
 
-def layer_weight_elems(model: ModelSpec, tp: int) -> float:
-    """Weight elements one device of a `tp` group holds for one layer."""
+def layer_weight_elems(model: ModelSpec, tp: int, attention: str = "heads") -> float:
+    """Weight elements one device of a `tp` group holds for one layer (K/V heads are
+    replicated when split by heads over more devices than there are K/V heads)."""
     d, dh = model.d_model, model.head_dim
-    heads = model.n_heads // tp
-    kv_heads = max(1, model.kv_heads // tp)
-    q_local, kv_local = heads * dh, kv_heads * dh
+    if attention == "batch" and tp > 1:
+        q_local, kv_local = -(-model.q_dim // tp), -(-model.kv_dim // tp)
+    else:
+        q_local = model.n_heads // tp * dh
+        kv_local = max(1, model.kv_heads // tp) * dh
     attn = d * (q_local + 2 * kv_local) + q_local * d
     if model.has_qkv_bias:
         attn += q_local + 2 * kv_local
@@ -408,6 +435,19 @@ def embedding_weight_elems(model: ModelSpec, tp: int) -> float:
     if not model.tied_embeddings and not model.encoder_only:
         elems += model.vocab_size * d / tp
     return elems + norm_params(model)
+
+
+def kv_bytes_per_token_per_device(
+    model: ModelSpec, tp: int, layers: int, kv_dtype: str = "bf16", attention: str = "heads"
+) -> float:
+    """KV bytes one device of a TP group keeps per token of the batch, for `layers`
+    layers: its K/V heads when attention is split by heads (replicated below one head a
+    device), or 1/tp of every token's K/V when split by batch (whole sequences live on
+    one device)."""
+    size = dtype_bytes(kv_dtype)
+    if attention == "batch" and tp > 1:
+        return 2.0 * layers * model.kv_dim * size / tp
+    return 2.0 * layers * max(1, model.kv_heads // tp) * model.head_dim * size
 
 
 def kv_bytes_per_token(model: ModelSpec, kv_dtype: str = "bf16") -> float:

@@ -48,7 +48,42 @@ class PipelineSpec(Spec):
     """How micro-batches flow through pipeline stages (see sim.engine.pipeline)."""
 
     schedule: str = "continuous"
-    microbatches: int | None = Field(default=None, gt=0, description="default: pp")
+    microbatches: int | None = Field(
+        default=None,
+        gt=0,
+        description="fill-drain: micro-batches per step; continuous: "
+        "request groups in flight (default: pp)",
+    )
+    prefill_microbatches: int | None = Field(
+        default=None, gt=0, description="hybrid: micro-batches of a prefill step (default 2·pp)"
+    )
+    decode_microbatches: int | None = Field(
+        default=None, gt=0, description="hybrid: request groups decoding in turn (default pp)"
+    )
+    layer_split: Literal["even", "balanced"] = Field(
+        default="even",
+        description="layers per stage: as even as possible, or balanced by cost (the first "
+        "and last stages also hold the embedding and the LM head); "
+        "parallel.layers_per_stage overrides both",
+    )
+
+    @field_validator("schedule")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        from sim.engine.pipeline import SCHEDULES
+
+        if value not in SCHEDULES:
+            raise ValueError(
+                f"unknown schedule {value!r}; valid schedules: {', '.join(sorted(SCHEDULES))}"
+            )
+        return value
+
+    def build(self, pp: int) -> Any:
+        from sim.engine.pipeline import SCHEDULES
+
+        return SCHEDULES[self.schedule](
+            pp, self.microbatches, self.prefill_microbatches, self.decode_microbatches
+        )
 
 
 class ParallelSpec(Spec):
@@ -57,6 +92,16 @@ class ParallelSpec(Spec):
     replicas: int = Field(default=1, gt=0)
     layers_per_stage: tuple[int, ...] | None = None
     pipeline: PipelineSpec = PipelineSpec()
+    tp_layout: str = Field(
+        default="1d-weight-stationary",
+        description="how a TP group splits each layer (Pope et al.): 1d-weight-stationary, "
+        "2d-weight-stationary or weight-gathered",
+    )
+    attention: Literal["heads", "batch"] = Field(
+        default="heads",
+        description="split attention over the TP group by heads, or by batch (whole "
+        "sequences per device: for multiquery models)",
+    )
 
     @property
     def devices_per_replica(self) -> int:
@@ -116,6 +161,17 @@ class OutputSpec(Spec):
     trace: bool = Field(default=False, description="write a Chrome/Perfetto trace JSON")
 
 
+class CompareSpec(Spec):
+    """The comparison `llmsim compare` runs when given no --vary of its own."""
+
+    vary: tuple[str, ...] = Field(
+        default=(), description="KEY=V1,V2,... or KEY1:KEY2=A1:A2,B1:B2 (varied together)"
+    )
+    window_s: tuple[float, float] | None = Field(
+        default=None, description="the time window the Gantt charts show"
+    )
+
+
 class EngineSpec(Spec):
     leap: bool = Field(
         default=True,
@@ -144,6 +200,7 @@ class Scenario(Spec):
     slo: SLOSpec = SLOSpec()
     output: OutputSpec = OutputSpec()
     engine: EngineSpec = EngineSpec()
+    compare: CompareSpec | None = None
 
     _file: str | None = PrivateAttr(default=None)
     _base_dir: Path | None = PrivateAttr(default=None)
@@ -272,7 +329,7 @@ def check_scenario(s: Scenario) -> None:
     cluster. Memory fit is checked when the replicas are built (it needs the cost of
     the activations), with the same kind of error."""
     try:
-        check_tp(s.model, s.parallel.tp)
+        check_tp(s.model, s.parallel.tp, s.parallel.attention)
     except LlmsimError as exc:
         raise s.error(exc.message, exc.key or "parallel.tp") from None
     par = s.parallel

@@ -3,7 +3,6 @@ exactness of the leaps over quiet decode stretches."""
 
 from __future__ import annotations
 
-import copy
 import json
 
 import numpy as np
@@ -16,6 +15,7 @@ from sim.engine.run import simulate
 from sim.metrics import latency_columns
 from sim.report import summary_json
 from sim.scenario import load_scenario
+from tests.scenarios_for_tests import make
 
 BASE = {
     "name": "t",
@@ -33,14 +33,7 @@ BASE = {
 
 
 def scenario(**changes):
-    data = copy.deepcopy(BASE)
-    for path, value in changes.items():
-        node = data
-        keys = path.split("__")
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-        node[keys[-1]] = value
-    return load_scenario(data)
+    return make(BASE, **changes)
 
 
 def check_invariants(res) -> None:

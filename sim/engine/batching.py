@@ -117,6 +117,16 @@ class BatchingPolicy:
         req.blocks = 0
 
     # --- helpers ---------------------------------------------------------------------
+    def _admit(self, blocks: int, now: float) -> Req:
+        """Take the head of the queue into the batch, holding `blocks` of KV."""
+        st = self.st
+        req = st.waiting.popleft()
+        st.blocks.allocate(blocks)
+        req.state = PREFILLING
+        if req.scheduled_s < 0:
+            req.scheduled_s = now
+        return req
+
     def _ensure_decode_room(self, step: Step) -> None:
         """Preempt the latest-admitted decoders until this decode step has its blocks."""
         st = self.st
@@ -219,12 +229,7 @@ class VllmPolicy(BatchingPolicy):
                     or not st.blocks.can_admit(blocks)
                 ):
                     break
-                st.waiting.popleft()
-                st.blocks.allocate(blocks)
-                req.state = PREFILLING
-                if req.scheduled_s < 0:
-                    req.scheduled_s = now
-                step.prefills.append((req, chunk))
+                step.prefills.append((self._admit(blocks, now), chunk))
                 tokens += chunk
                 seqs += 1
             if step.prefills:
@@ -289,12 +294,7 @@ class SarathiPolicy(BatchingPolicy):
             blocks = st.blocks.blocks_for(st.kept(req.target))
             if seqs + 1 > self.params.max_num_seqs or not st.blocks.can_admit(blocks + growth):
                 break
-            st.waiting.popleft()
-            st.blocks.allocate(blocks)
-            req.state = PREFILLING
-            if req.scheduled_s < 0:
-                req.scheduled_s = now
-            st.prefilling.append(req)
+            st.prefilling.append(self._admit(blocks, now))
             chunk = min(req.target, budget)
             step.prefills.append((req, chunk))
             budget -= chunk
@@ -348,12 +348,7 @@ class OrcaPolicy(BatchingPolicy):
             blocks = st.blocks.blocks_for(st.kept(self.kv_need(req)))
             if tokens + req.target > cap or not st.blocks.can_admit(blocks):
                 break
-            st.waiting.popleft()
-            st.blocks.allocate(blocks)
-            req.blocks = blocks
-            req.state = PREFILLING
-            if req.scheduled_s < 0:
-                req.scheduled_s = now
+            self._admit(blocks, now).blocks = blocks
             step.prefills.append((req, req.target))
             tokens += req.target
         step.decode = bool(st.running)

@@ -19,6 +19,17 @@ from sim.engine.request import Req
 PENDING, FINISHED, REJECTED = 0, 1, 2
 
 
+def _columns(arrays: dict[str, array]) -> dict[str, np.ndarray]:
+    """Typed arrays as numpy columns (empty ones keep their dtype)."""
+    return {
+        k: np.frombuffer(v, dtype=v.typecode) if len(v) else np.array([], dtype=v.typecode)
+        for k, v in arrays.items()
+    }
+
+
+PHASES = ("prefill", "decode", "mixed")
+
+
 class Recorder:
     def __init__(
         self,
@@ -57,6 +68,16 @@ class Recorder:
             "kv_blocks_total": array("q"),
         }
         self.all_closed: Callable[[], None] | None = None
+        self._spans: dict[str, array] = {
+            "replica": array("i"),
+            "stage": array("i"),
+            "engine": array("i"),
+            "microbatch": array("i"),
+            "start_s": array("d"),
+            "end_s": array("d"),
+            "phase": array("b"),
+            "tokens": array("q"),
+        }
 
     def _close(self) -> None:
         self.closed += 1
@@ -119,13 +140,40 @@ class Recorder:
         it["kv_blocks_used"].append(blocks_used)
         it["kv_blocks_total"].append(blocks_total)
 
+    def stage_span(
+        self,
+        replica: int,
+        stage: int,
+        engine: int,
+        microbatch: int,
+        start: float,
+        end: float,
+        phase: str,
+        tokens: int,
+    ) -> None:
+        """A stage busy with one micro-batch (kept with the iteration rows)."""
+        if not self.keep_iterations:
+            return
+        sp = self._spans
+        sp["replica"].append(replica)
+        sp["stage"].append(stage)
+        sp["engine"].append(engine)
+        sp["microbatch"].append(microbatch)
+        sp["start_s"].append(start)
+        sp["end_s"].append(end)
+        sp["phase"].append(PHASES.index(phase))
+        sp["tokens"].append(tokens)
+
+    def stages_frame(self) -> pd.DataFrame:
+        """One row per (stage, micro-batch) execution: the pipeline timeline."""
+        cols = _columns(self._spans)
+        phase = pd.Categorical.from_codes(cols.pop("phase"), categories=pd.Index(list(PHASES)))
+        frame = pd.DataFrame(cols)
+        frame["phase"] = pd.Series(phase)
+        return frame
+
     def iterations_frame(self) -> pd.DataFrame:
-        return pd.DataFrame(
-            {
-                k: np.frombuffer(v, dtype=v.typecode) if len(v) else np.array([], dtype=v.typecode)
-                for k, v in self._it.items()
-            }
-        )
+        return pd.DataFrame(_columns(self._it))
 
     def requests_frame(
         self,

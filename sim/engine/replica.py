@@ -24,6 +24,7 @@ import simpy
 
 from sim.cost.stage import StageCost
 from sim.engine.batching import BatchingPolicy, Step, pairs
+from sim.engine.pipeline import FillDrain, MicroBatch, PipelineSchedule
 from sim.engine.records import Recorder
 from sim.engine.request import DONE, REJECTED, Req
 from sim.engine.state import NEVER, ReplicaState
@@ -69,6 +70,7 @@ class Replica:
         host: Transfer | None,
         leap: bool,
         act_bytes_per_token: float,
+        schedule: PipelineSchedule,
     ):
         self.env = env
         self.index = index
@@ -77,10 +79,15 @@ class Replica:
         self.sends = sends
         self.host = host
         self.act_bytes_per_token = act_bytes_per_token
+        self.schedule = schedule
+        # Leaps need one stage and one micro-batch per decode step.
+        can_leap = leap and len(stages) == 1 and not isinstance(schedule, FillDrain)
         self.engines = [
-            VirtualEngine(self, i, st, policy, leap and len(stages) == 1)
-            for i, (st, policy) in enumerate(engines)
+            VirtualEngine(self, i, st, policy, can_leap) for i, (st, policy) in enumerate(engines)
         ]
+        self._in_flight = 0
+        self._in_flight_since = 0.0
+        self.active_s = 0.0  # time with at least one step in flight (for the bubble)
         self.outstanding = 0  # requests routed here and not yet finished
 
     # ------------------------------------------------------------------ routing view
@@ -107,6 +114,16 @@ class Replica:
         self.outstanding += 1
         engine.state.waiting.append(req)
         engine.wake()
+
+    def begin_step(self) -> None:
+        if self._in_flight == 0:
+            self._in_flight_since = self.env.now
+        self._in_flight += 1
+
+    def end_step(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self.active_s += self.env.now - self._in_flight_since
 
     def arrivals_done(self) -> None:
         for e in self.engines:
@@ -170,13 +187,22 @@ class VirtualEngine:
                     continue
             work, logits = self._work(step)
             start = env.now
-            if single:
+            replica.begin_step()
+            batches = replica.schedule.split(work, logits)
+            if single and len(batches) == 1:
                 stage = replica.stages[0]
                 t = stage.cost.time(work, logits)
                 self._account(stage, work, logits, t)
+                replica.recorder.stage_span(
+                    replica.index, 0, self.index, 0, start, start + t, _phase(work), work.tokens
+                )
                 yield env.timeout(t)
+            elif len(batches) == 1:
+                yield from self._through_stages(batches[0], 0)
             else:
-                yield from self._through_stages(work, logits)
+                runs = [env.process(self._through_stages(mb, i)) for i, mb in enumerate(batches)]
+                yield env.all_of(runs)
+            replica.end_step()
             self._commit(step, work, start, env.now)
 
     # ------------------------------------------------------------------ pricing
@@ -214,19 +240,34 @@ class VirtualEngine:
         stage.flops += stage.cost.flops(work, logits)
         stage.bytes += stage.cost.bytes(work)
 
-    def _through_stages(self, work: Work, logits: int) -> Generator[Any, Any, None]:
+    def _through_stages(self, mb: MicroBatch, index: int) -> Generator[Any, Any, None]:
+        """One micro-batch through every stage in order, holding each stage while it
+        computes and the links between stages while its activations cross them."""
         env = self.env
-        stages = self.replica.stages
+        replica = self.replica
+        stages = replica.stages
         last = len(stages) - 1
+        work = mb.work
         for s, stage in enumerate(stages):
+            logits = mb.logits if s == last else 0
             with stage.resource.request() as slot:
                 yield slot
-                t = stage.cost.time(work, logits if s == last else 0)
-                self._account(stage, work, logits if s == last else 0, t)
+                t = stage.cost.time(work, logits)
+                self._account(stage, work, logits, t)
+                replica.recorder.stage_span(
+                    replica.index,
+                    s,
+                    self.index,
+                    index,
+                    env.now,
+                    env.now + t,
+                    _phase(work),
+                    work.tokens,
+                )
                 yield env.timeout(t)
             if s < last:
-                size = work.tokens * self.replica.act_bytes_per_token
-                yield from transfer(env, self.replica.sends[s], size)
+                size = work.tokens * replica.act_bytes_per_token
+                yield from transfer(env, replica.sends[s], size)
 
     def _swap(self, step: Step) -> Generator[Any, Any, None]:
         host = self.replica.host
@@ -302,6 +343,7 @@ class VirtualEngine:
         growth = st.growing + step.pad_decode_seqs
         times = stage.cost.decode_times(seqs, kv0, growth, k)
         start = env.now
+        self.replica.begin_step()
         ends = np.cumsum(times) + start
         done = k
         self._leaping = True
@@ -312,8 +354,12 @@ class VirtualEngine:
             done = j + 1
             yield env.timeout(max(0.0, float(ends[j]) - env.now))
         self._leaping = False
+        self.replica.end_step()
         end = float(ends[done - 1])
         busy = end - start
+        self.replica.recorder.stage_span(
+            self.replica.index, 0, self.index, 0, start, end, "decode", seqs * done
+        )
         stage.busy_s += busy
         stage.comm_s += stage.cost.comm_part_s(seqs) * done
         stage.flops += stage.cost.decode_flops(seqs, kv0, growth, done)
@@ -338,6 +384,12 @@ class VirtualEngine:
             (used0 + st.blocks.used) // 2,
             st.blocks.total,
         )
+
+
+def _phase(work: Work) -> str:
+    if work.prefill_tokens and work.decode_seqs:
+        return "mixed"
+    return "prefill" if work.prefill_tokens else "decode"
 
 
 def transfer(

@@ -22,6 +22,7 @@ import simpy
 from sim.analyze import layers_per_stage
 from sim.cost import make_kernel
 from sim.cost.collectives import CollectiveModel
+from sim.cost.roofline import OpKernel
 from sim.cost.stage import StageCost
 from sim.engine.batching import POLICIES, PolicyContext
 from sim.engine.kv_cache import BlockManager
@@ -33,8 +34,10 @@ from sim.engine.state import ReplicaState
 from sim.errors import LlmsimError
 from sim.model import (
     Precision,
+    Work,
     activation_workspace_bytes,
     embedding_weight_elems,
+    kv_bytes_per_token_per_device,
     layer_plan,
     layer_weight_elems,
     valid_tp,
@@ -54,6 +57,7 @@ class Results:
     iterations: pd.DataFrame
     devices: pd.DataFrame
     links: pd.DataFrame
+    stages: pd.DataFrame
     wall_s: float
     events: int
 
@@ -86,11 +90,60 @@ class ReplicaPlan:
     block_bytes: float  # of the most KV-loaded stage's device
 
 
-def plan_replica(s: Scenario, cluster: Cluster, precision: Precision) -> ReplicaPlan:
+def stage_layers(s: Scenario, kernel: OpKernel | None = None) -> list[int]:
+    """Layers per pipeline stage: given, even, or balanced by cost (the first stage also
+    runs the embedding and the last the LM head, so they take fewer layers)."""
+    model, par = s.model, s.parallel
+    if par.layers_per_stage is not None:
+        return list(par.layers_per_stage)
+    even = layers_per_stage(model.n_layers, par.pp)
+    if par.pipeline.layer_split == "even" or par.pp == 1 or kernel is None:
+        return even
+    # Balance a reference step: a decode of 64 sequences at 1024 tokens of context.
+    plan = layer_plan(model, par.tp, kernel.precision, par.attention)
+    work = Work.decode(64, 1024)
+    one = StageCost(plan, 1, kernel, None, first=False, last=False).time(work, 0)
+    first = StageCost(plan, 0, kernel, None, first=True, last=False).time(work, 0)
+    last = StageCost(plan, 0, kernel, None, first=False, last=True).time(work, 64)
+    return balance_layers(model.n_layers, par.pp, one, first, last)
+
+
+def balance_layers(
+    n_layers: int, pp: int, per_layer: float, first: float, last: float
+) -> list[int]:
+    """Split n_layers over pp stages (each ≥ 1) to minimise the slowest stage, where
+    stage cost = layers · per_layer (+ first on stage 0, + last on the last stage)."""
+    extra = [first if i == 0 else 0.0 for i in range(pp)]
+    extra[-1] += last
+    lo, hi = 0.0, n_layers * per_layer + first + last
+    for _ in range(60):  # bisection on the slowest stage's cost
+        mid = (lo + hi) / 2
+        room = [
+            max(1, math.floor((mid - e) / per_layer + 1e-9)) if per_layer > 0 else n_layers
+            for e in extra
+        ]
+        if sum(room) >= n_layers and all((mid - e) >= per_layer for e in extra):
+            hi = mid
+        else:
+            lo = mid
+    room = [max(1, math.floor((hi - e) / per_layer + 1e-9)) for e in extra]
+    split = [1] * pp  # fill the cheapest-to-extend stages up to their room
+    left = n_layers - pp
+    for i in sorted(range(pp), key=lambda i: extra[i]):
+        take = min(left, room[i] - 1)
+        split[i] += take
+        left -= take
+    split[0] += left  # only when the bisection met rounding at the boundary
+    return split
+
+
+def plan_replica(
+    s: Scenario, cluster: Cluster, precision: Precision, kernel: OpKernel | None = None
+) -> ReplicaPlan:
     model, par = s.model, s.parallel
     params = s.scheduler.policy_params()
-    stages = list(par.layers_per_stage or layers_per_stage(model.n_layers, par.pp))
-    layer_w = layer_weight_elems(model, par.tp) * precision.w_bytes
+    stages = stage_layers(s, kernel)
+    layer_w = layer_weight_elems(model, par.tp, par.attention) * precision.w_bytes
     emb = embedding_weight_elems(model, par.tp) * precision.w_bytes
     weights = []
     for i, layers in enumerate(stages):
@@ -105,8 +158,9 @@ def plan_replica(s: Scenario, cluster: Cluster, precision: Precision) -> Replica
     )
     cap = min(cap, getattr(params, "token_budget", cap))
     workspace = activation_workspace_bytes(model, cap, par.tp, precision)
-    kv_local = max(1, model.kv_heads // par.tp)
-    per_token = [2.0 * n * kv_local * model.head_dim * precision.kv_bytes for n in stages]
+    per_token = [
+        kv_bytes_per_token_per_device(model, par.tp, n, precision.kv, par.attention) for n in stages
+    ]
     usable = cluster.device.memory_bytes * params.gpu_memory_utilization
     bs = params.block_size
     blocks = min(
@@ -156,12 +210,13 @@ def build_replicas(
 ) -> tuple[list[Replica], ReplicaPlan]:
     precision = s.precision.build()
     model, par = s.model, s.parallel
-    plan = layer_plan(model, par.tp, precision)
-    sizes = plan_replica(s, cluster, precision)
+    plan = layer_plan(model, par.tp, precision, par.attention)
     try:
         kernel, profile = make_kernel(cluster.device, precision, s.engine.cost)
     except LlmsimError as exc:
         raise s.error(exc.message, exc.key or "engine.cost") from None
+    sizes = plan_replica(s, cluster, precision, kernel)
+    schedule = par.pipeline.build(par.pp)
     fits = profile.fit.collectives if profile is not None else ()
     params = s.scheduler.policy_params()
     policy_cls = POLICIES[s.scheduler.policy]
@@ -169,7 +224,7 @@ def build_replicas(
     swap_bytes = getattr(params, "swap_space_bytes", 0.0)
     shared_costs: dict[tuple[Any, ...], StageCost] = {}
     replicas = []
-    engines_per = par.pipeline.microbatches or par.pp
+    engines_per = schedule.engines()
     for r in range(par.replicas):
         base = r * par.devices_per_replica
         stages = []
@@ -202,7 +257,9 @@ def build_replicas(
             engines.append((state, policy_cls(params, state, ctx)))
         act_bytes = model.d_model * precision.a_bytes
         replicas.append(
-            Replica(env, r, stages, engines, recorder, sends, host, s.engine.leap, act_bytes)
+            Replica(
+                env, r, stages, engines, recorder, sends, host, s.engine.leap, act_bytes, schedule
+            )
         )
     return replicas, sizes
 
@@ -254,7 +311,13 @@ def simulate(
     `records=False` keeps no per-iteration rows (the summary does not need them), so a
     long run's memory holds only the per-request columns; the default follows the
     scenario's `output.records`."""
-    from sim.metrics import device_frame, link_frame, summarize
+    from sim.metrics import (
+        device_frame,
+        link_frame,
+        pipeline_summary,
+        resource_summary,
+        summarize,
+    )
 
     wall0 = time.perf_counter()
     try:
@@ -304,8 +367,11 @@ def simulate(
     devices = device_frame(scenario, cluster, replicas, sizes, duration)
     links = link_frame(cluster, replicas, pool, duration)
     summary = summarize(scenario, requests, recorder, devices, links, duration)
+    summary.update(pipeline_summary(replicas, duration))
+    summary.update(resource_summary(devices, links))
     wall = time.perf_counter() - wall0
-    return Results(scenario, summary, requests, iterations, devices, links, wall, events())
+    stages = recorder.stages_frame()
+    return Results(scenario, summary, requests, iterations, devices, links, stages, wall, events())
 
 
 def _count_events(env: simpy.Environment) -> Callable[[], int]:

@@ -85,19 +85,17 @@ class ReplicaState:
                     self.blocks.remove_grower(self._key(req), 0)
 
     def next_finish_step(self) -> int:
-        heap = self._finish
-        while heap:
-            at, _, req = heap[0]
-            if self.running.get(req.id) is req and req.finish_step == at:
-                return at
-            heapq.heappop(heap)
-        return NEVER
+        return self._peek(self._finish, "finish_step")
 
     def next_window_step(self) -> int:
-        heap = self._window
+        return self._peek(self._window, "window_step")
+
+    def _peek(self, heap: list[tuple[int, int, Req]], field: str) -> int:
+        """The earliest live entry of a heap; entries of requests that left the decoding
+        set, or whose step moved, are stale and dropped."""
         while heap:
             at, _, req = heap[0]
-            if self.running.get(req.id) is req and req.window_step == at:
+            if self.running.get(req.id) is req and getattr(req, field) == at:
                 return at
             heapq.heappop(heap)
         return NEVER
