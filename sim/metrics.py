@@ -171,9 +171,14 @@ def pipeline_summary(replicas: list[Replica], end_s: float) -> dict[str, Any]:
         for i in range(n_stages)
     ]
     return {
-        "bubble_fraction": max(0.0, 1.0 - busy / capacity) if capacity > 0 else 0.0,
+        # (rounding can leave ~1e-16 where a stage was never idle)
+        "bubble_fraction": _clean_zero(1.0 - busy / capacity) if capacity > 0 else 0.0,
         "stage_utilization": per_stage,
     }
+
+
+def _clean_zero(x: float) -> float:
+    return 0.0 if x < 1e-12 else x
 
 
 def resource_summary(devices: pd.DataFrame, links: pd.DataFrame) -> dict[str, Any]:
