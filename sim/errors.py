@@ -36,13 +36,26 @@ def unknown_name(kind: str, name: str, valid: Iterable[str]) -> LlmsimError:
     return LlmsimError(f"unknown {kind} {name!r}; valid {kind}s: {shown}")
 
 
+_TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "tuple", "none"}
+
+
+def _union_tag(part: str) -> bool:
+    """Location parts pydantic adds for union members and validators, not YAML keys."""
+    return (
+        part.startswith("function-")
+        or part in _TYPE_TAGS
+        or (part[:1].isupper() and part.isidentifier() and "_" not in part)
+    )
+
+
 def pydantic_error(exc: Exception, file: str | None, prefix: str | None = None) -> LlmsimError:
     """Turn the first pydantic ValidationError entry into one LlmsimError line."""
     errors: Sequence[dict] = getattr(exc, "errors", lambda: [])()
     if not errors:
         return LlmsimError(str(exc), file=file, key=prefix)
-    first = errors[0]
-    loc = [str(p) for p in first.get("loc", ()) if not str(p).startswith("function-")]
+    # In a union (a name or an inline mapping), the deepest error is the informative one.
+    first = max(errors, key=lambda e: len(e.get("loc", ())))
+    loc = [str(p) for p in first.get("loc", ()) if not _union_tag(str(p))]
     key = ".".join(loc)
     if prefix:
         key = f"{prefix}.{key}" if key else prefix

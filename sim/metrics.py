@@ -21,9 +21,8 @@ from sim.slo import SLOSpec
 if TYPE_CHECKING:
     from sim.engine.records import Recorder
     from sim.engine.replica import Replica
-    from sim.engine.run import LinkPool, ReplicaPlan
+    from sim.engine.run import LinkPool
     from sim.scenario import Scenario
-    from sim.topology import Cluster
 
 PERCENTILES = (50, 90, 99)
 
@@ -177,6 +176,26 @@ def pipeline_summary(replicas: list[Replica], end_s: float) -> dict[str, Any]:
     }
 
 
+def cost_summary(replicas: list[Replica], summary: dict[str, Any]) -> dict[str, Any]:
+    """What the devices in use cost per hour and per million output tokens served, at
+    the catalog's indicative hourly prices (null when a device has no price)."""
+    devices = 0
+    per_hour: float | None = 0.0
+    for rep in replicas:
+        n = sum(len(st.devices) for st in rep.stages)
+        devices += n
+        price = rep.device.price_per_hour_usd
+        per_hour = None if per_hour is None or price is None else per_hour + n * price
+    out_rate = summary.get("output_tokens_per_s") or 0.0
+    return {
+        "devices": devices,
+        "usd_per_hour": per_hour,
+        "usd_per_million_output_tokens": per_hour / 3600 / out_rate * 1e6
+        if per_hour and out_rate
+        else None,
+    }
+
+
 def _clean_zero(x: float) -> float:
     return 0.0 if x < 1e-12 else x
 
@@ -195,31 +214,24 @@ def _weighted(devices: pd.DataFrame, column: str) -> float:
     return float(devices[column].mean()) if len(devices) else 0.0
 
 
-def device_frame(
-    scenario: Scenario,
-    cluster: Cluster,
-    replicas: list[Replica],
-    sizes: ReplicaPlan,
-    end_s: float,
-) -> pd.DataFrame:
+def device_frame(scenario: Scenario, replicas: list[Replica], end_s: float) -> pd.DataFrame:
     """One row per device in use: busy time, utilisation, MFU, bandwidth use, memory."""
-    device = cluster.device
     precision = scenario.precision.build()
-    peak = device.flops(precision.compute_dtype)
+    block_size = scenario.scheduler.policy_params().block_size
     rows = []
     for rep in replicas:
+        device, sizes = rep.device, rep.sizes
+        peak = device.flops(precision.compute_dtype)
         peak_blocks = sum(e.state.blocks.peak for e in rep.engines)
         for stage in rep.stages:
-            kv_peak = (
-                peak_blocks
-                * scenario.scheduler.policy_params().block_size
-                * (sizes.kv_bytes_per_token[stage.index])
-            )
+            kv_peak = peak_blocks * block_size * sizes.kv_bytes_per_token[stage.index]
             for dev in stage.devices:
                 rows.append(
                     {
                         "device": dev,
                         "replica": rep.index,
+                        "role": rep.role,
+                        "kind": device.name,
                         "stage": stage.index,
                         "busy_s": stage.busy_s,
                         "comm_s": stage.comm_s,
@@ -242,9 +254,7 @@ def device_frame(
     return pd.DataFrame(rows)
 
 
-def link_frame(
-    cluster: Cluster, replicas: list[Replica], pool: LinkPool, end_s: float
-) -> pd.DataFrame:
+def link_frame(replicas: list[Replica], pool: LinkPool, end_s: float) -> pd.DataFrame:
     """One row per directed link that carried traffic: busy seconds and utilisation.
     TP all-reduces occupy the links of their ring for the stage's communication time."""
     busy: dict[tuple[str, str], float] = dict(pool.busy)
@@ -254,11 +264,12 @@ def link_frame(
             if col is None or stage.comm_s <= 0:
                 continue
             for edge in col.links():
-                busy[edge] = busy.get(edge, 0.0) + stage.comm_s
+                named = rep.links.name(edge, col.cluster.link(*edge))
+                busy[named] = busy.get(named, 0.0) + stage.comm_s
     rows = [
         {
             "link": f"{u}->{v}",
-            "kind": cluster.link(u, v).kind,
+            "kind": pool.specs[(u, v)].kind if (u, v) in pool.specs else "",
             "busy_s": b,
             "utilization": b / end_s if end_s > 0 else 0.0,
         }

@@ -2,7 +2,8 @@
 
 A results directory holds `summary.json`, `scenario.resolved.yaml` (every default
 filled in, every reference inlined: the configuration that was used), and the records
-as Parquet or CSV: `requests`, `iterations`, `devices`, `links`.
+as Parquet or CSV: `requests`, `iterations`, `devices`, `links`; with `output.trace`,
+`trace.json` (Chrome/Perfetto, see sim.trace).
 """
 
 from __future__ import annotations
@@ -60,6 +61,14 @@ def write_results(
     return out
 
 
+def write_trace_file(results: Results, path: str | Path) -> Path:
+    """A Chrome/Perfetto trace of the run (`output.trace: true` puts it in the results
+    directory as trace.json); see sim.trace."""
+    from sim.trace import write_trace
+
+    return write_trace(results, path)
+
+
 def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v * 1e3:,.1f}"
 
@@ -90,6 +99,13 @@ def summary_table(summary: dict[str, Any]) -> str:
         lines.append(
             f"{label:<14}{_ms(s['mean']):>10}{_ms(s['p50']):>10}{_ms(s['p90']):>10}"
             f"{_ms(s['p99']):>10}"
+        )
+    cost = summary.get("cost") or {}
+    if cost.get("usd_per_million_output_tokens"):
+        lines.append(
+            f"cost: {cost['devices']} devices, ${cost['usd_per_hour']:.2f}/h, "
+            f"${cost['usd_per_million_output_tokens']:.2f} per million output tokens "
+            "(indicative prices)"
         )
     slo = summary.get("slo") or {}
     if slo:

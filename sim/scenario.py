@@ -161,6 +161,45 @@ class OutputSpec(Spec):
     trace: bool = Field(default=False, description="write a Chrome/Perfetto trace JSON")
 
 
+class PoolSpec(Spec):
+    """One pool of a disaggregated deployment: its replicas, their parallelism, and the
+    cluster (device type) they run on — by default the scenario's, after the pool
+    before it."""
+
+    replicas: int = Field(default=1, gt=0)
+    tp: int = Field(default=1, gt=0)
+    pp: int = Field(default=1, gt=0)
+    cluster: ClusterSpec | None = None
+
+    @property
+    def devices(self) -> int:
+        return self.replicas * self.tp * self.pp
+
+
+class DisaggregationSpec(Spec):
+    """Prefill and decode on separate pools (Splitwise, DistServe): a request prefills on
+    a prefill replica, its KV cache crosses the links to a decode replica — holding
+    them, so it contends with other traffic — and decodes there."""
+
+    prefill: PoolSpec
+    decode: PoolSpec
+    transfer: Literal["after-prefill", "layerwise"] = Field(
+        default="after-prefill",
+        description="send the KV when the prefill ends, or layer by layer while it runs "
+        "(only the last layer's share is then left to send after it)",
+    )
+    decode_router: str = Field(default="least-kv", description="which decode replica")
+
+    @field_validator("decode_router")
+    @classmethod
+    def _router(cls, value: str) -> str:
+        from sim.engine.router import ROUTERS
+
+        if value not in ROUTERS:
+            raise ValueError(f"unknown router {value!r}; valid routers: {', '.join(ROUTERS)}")
+        return value
+
+
 class CompareSpec(Spec):
     """The comparison `llmsim compare` runs when given no --vary of its own."""
 
@@ -201,6 +240,7 @@ class Scenario(Spec):
     output: OutputSpec = OutputSpec()
     engine: EngineSpec = EngineSpec()
     compare: CompareSpec | None = None
+    disaggregation: DisaggregationSpec | None = None
 
     _file: str | None = PrivateAttr(default=None)
     _base_dir: Path | None = PrivateAttr(default=None)
@@ -283,6 +323,25 @@ def _resolve_refs(data: dict[str, Any], file: str | None, base_dir: Path) -> dic
     except LlmsimError as exc:
         key = exc.key if exc.key and exc.key.startswith("cluster") else "cluster"
         raise LlmsimError(exc.message, file=file, key=key) from None
+    dis = out.get("disaggregation")
+    if isinstance(dis, dict):
+        dis = dict(dis)
+        for role in ("prefill", "decode"):
+            pool = dis.get(role)
+            ref = pool.get("cluster") if isinstance(pool, dict) else None
+            if isinstance(ref, str | dict):
+                key = f"disaggregation.{role}.cluster"
+                try:
+                    spec = (
+                        catalog.cluster_from_ref(ref)
+                        if isinstance(ref, str)
+                        else catalog.parse_spec(ClusterSpec, ref, file or "", key)
+                    )
+                    spec = catalog.resolve_cluster(spec)
+                except LlmsimError as exc:
+                    raise LlmsimError(exc.message, file=file, key=exc.key or key) from None
+                dis[role] = {**pool, "cluster": spec.model_dump(by_alias=True)}
+        out["disaggregation"] = dis
     if "workload" not in out:
         raise LlmsimError("required key is missing", file=file, key="workload")
     out["workload"] = parse_workload(out["workload"], file, base_dir)
@@ -350,6 +409,9 @@ def check_scenario(s: Scenario) -> None:
             )
     from sim.topology import n_devices
 
+    if s.disaggregation is not None:
+        _check_pools(s, s.disaggregation)
+        return
     have = n_devices(s.cluster)
     need = par.replicas * par.devices_per_replica
     if need > have:
@@ -357,4 +419,40 @@ def check_scenario(s: Scenario) -> None:
             f"replicas × tp × pp = {par.replicas} × {par.tp} × {par.pp} = {need} devices, "
             f"but cluster {s.cluster.name} has {have}",
             "parallel",
+        )
+
+
+def _check_pools(s: Scenario, dis: DisaggregationSpec) -> None:
+    from sim.topology import n_devices
+
+    shared = 0  # devices the pools take from the scenario's cluster
+    for role, pool in (("prefill", dis.prefill), ("decode", dis.decode)):
+        key = f"disaggregation.{role}"
+        try:
+            check_tp(s.model, pool.tp, s.parallel.attention)
+        except LlmsimError as exc:
+            raise s.error(exc.message, f"{key}.tp") from None
+        if pool.pp > s.model.n_layers:
+            raise s.error(
+                f"{pool.pp} stages exceed the model's {s.model.n_layers} layers", f"{key}.pp"
+            )
+        if pool.cluster is None:
+            shared += pool.devices
+        elif pool.devices > n_devices(pool.cluster):
+            raise s.error(
+                f"replicas × tp × pp = {pool.devices} devices, but cluster "
+                f"{pool.cluster.name} has {n_devices(pool.cluster)}",
+                key,
+            )
+    if shared > n_devices(s.cluster):
+        raise s.error(
+            f"the pools need {shared} devices of cluster {s.cluster.name}, which has "
+            f"{n_devices(s.cluster)}",
+            "disaggregation",
+        )
+    if s.scheduler.policy not in ("vllm", "sarathi"):
+        raise s.error(
+            f"policy {s.scheduler.policy!r} cannot decode requests prefilled elsewhere; "
+            "use vllm or sarathi",
+            "scheduler.policy",
         )

@@ -215,3 +215,29 @@ def n_devices(spec: ClusterSpec) -> int:
         return count
     assert spec.node is not None
     return catalog.node_of(spec.node).devices_per_node * spec.nodes
+
+
+SPINE = LinkSpec(bandwidth_bytes_per_s=1e15, latency_s=0.5e-6, kind="spine")
+
+
+def join_clusters(parts: list[tuple[Cluster, str]]) -> Cluster:
+    """One graph over several clusters (vertex names prefixed per cluster), joined
+    through each device's NIC to its cluster's network vertex and a non-blocking spine
+    between those: the routes a disaggregated deployment's KV transfers take."""
+    g: nx.DiGraph = nx.DiGraph()
+    for cluster, prefix in parts:
+        g.update(nx.relabel_nodes(cluster.graph, lambda v, p=prefix: p + str(v)))
+        node = cluster.node_spec
+        if node is None or node.nic is None:
+            raise LlmsimError(
+                f"cluster {cluster.spec.name} has no NICs to reach the other pool",
+                key="disaggregation",
+            )
+        for i in range(cluster.n_devices):
+            if not g.has_edge(f"{prefix}dev{i}", f"{prefix}net"):
+                _add(g, f"{prefix}dev{i}", f"{prefix}net", node.nic)
+    nets = [f"{prefix}net" for _, prefix in parts]
+    for a, b in itertools.combinations(nets, 2):
+        _add(g, a, b, SPINE)
+    first = parts[0][0]
+    return Cluster(first.spec, first.device, first.devices_per_node, first.host, g, first.node_spec)

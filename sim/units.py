@@ -35,7 +35,7 @@ COMPUTE_FALLBACK: dict[str, tuple[str, ...]] = {
     "int4": ("int4", "int8", "fp16", "bf16", "fp32"),
 }
 
-KB, MB, GB, TB = 1e3, 1e6, 1e9, 1e12
+KB, MB, GB, TB, PB = 1e3, 1e6, 1e9, 1e12, 1e15
 KiB, MiB, GiB, TiB = 2.0**10, 2.0**20, 2.0**30, 2.0**40
 
 _SIZE = {
@@ -44,6 +44,7 @@ _SIZE = {
     "mb": MB,
     "gb": GB,
     "tb": TB,
+    "pb": PB,
     "kib": KiB,
     "mib": MiB,
     "gib": GiB,

@@ -155,6 +155,20 @@ class BatchingPolicy:
             victim.blocks = 0
             st.waiting.appendleft(victim)
 
+    def _take_incoming(self, step: Step) -> None:
+        """Requests whose prefill ran on another replica (disaggregated serving) join the
+        decoders once their KV has arrived and blocks are free, before anything new."""
+        st = self.st
+        while st.incoming:
+            req = st.incoming[0]
+            blocks = st.blocks.blocks_for(st.kept(req.target))
+            if not st.blocks.can_admit(blocks + st.blocks.needed_at(st.step) + 1):
+                break
+            st.incoming.popleft()
+            st.blocks.allocate(blocks)
+            st.start_decode(req)
+            step.repeat = 1
+
     def _swap_in(self, step: Step) -> None:
         st = self.st
         while st.swapped:
@@ -216,6 +230,7 @@ class VllmPolicy(BatchingPolicy):
     def schedule(self, now: float) -> Step | float | None:
         st = self.st
         step = Step()
+        self._take_incoming(step)
         if not st.swapped:
             tokens = 0
             seqs = st.decoders
@@ -276,6 +291,7 @@ class SarathiPolicy(BatchingPolicy):
     def schedule(self, now: float) -> Step | float | None:
         st = self.st
         step = Step()
+        self._take_incoming(step)
         if st.running:
             self._ensure_decode_room(step)
         if not step.swap_out_bytes:

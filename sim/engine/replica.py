@@ -15,7 +15,7 @@ simulation would next have looked at the queue — so leaping never changes resu
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +88,13 @@ class Replica:
         self._in_flight = 0
         self._in_flight_since = 0.0
         self.active_s = 0.0  # time with at least one step in flight (for the bubble)
+        # Disaggregated serving: a prefill replica hands requests off after their first
+        # token; a decode replica takes them in. "both" does both (colocated).
+        self.role = "both"
+        self.handoff: Callable[[Req, int, Callable[[], None]], None] | None = None
+        self.device: Any = None  # the DeviceSpec of its devices, for the records
+        self.sizes: Any = None  # its memory plan (weights, workspace, KV per token)
+        self.links: Any = None  # the LinkPool view naming its cluster's links
         self.outstanding = 0  # requests routed here and not yet finished
 
     # ------------------------------------------------------------------ routing view
@@ -113,6 +120,18 @@ class Replica:
         engine.state.outstanding += 1
         self.outstanding += 1
         engine.state.waiting.append(req)
+        engine.wake()
+
+    def expect(self, req: Req) -> None:
+        """A request is on its way here (its KV in flight): count it as routed here."""
+        req.replica = self.index
+        self.outstanding += 1
+
+    def receive(self, req: Req) -> None:
+        """A request prefilled elsewhere arrives with its KV: decode it here."""
+        engine = min(self.engines, key=lambda e: (e.state.outstanding, e.index))
+        engine.state.outstanding += 1
+        engine.state.incoming.append(req)
         engine.wake()
 
     def begin_step(self) -> None:
@@ -297,6 +316,8 @@ class VirtualEngine:
                 req.first_token_s = end
             if req.generated >= req.output:
                 self._finish(req, end, st.kept(req.target))
+            elif self.replica.handoff is not None:
+                self._hand_off(req)
             else:
                 st.start_decode(req)
         rec.iteration(
@@ -313,6 +334,19 @@ class VirtualEngine:
             st.blocks.used,
             st.blocks.total,
         )
+
+    def _hand_off(self, req: Req) -> None:
+        """The first token is out: the request moves to a decode replica; its blocks
+        here are freed when its KV has left."""
+        self.state.outstanding -= 1
+        self.replica.outstanding -= 1
+        kept = self.state.kept(req.target)
+
+        def release() -> None:
+            self.policy.release(req, kept)
+
+        assert self.replica.handoff is not None
+        self.replica.handoff(req, self.replica.index, release)
 
     def _finish(self, req: Req, t: float, kept_tokens: int) -> None:
         req.state = DONE

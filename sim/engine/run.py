@@ -25,6 +25,7 @@ from sim.cost.collectives import CollectiveModel
 from sim.cost.roofline import OpKernel
 from sim.cost.stage import StageCost
 from sim.engine.batching import POLICIES, PolicyContext
+from sim.engine.disagg import KVHandoff, KVPath
 from sim.engine.kv_cache import BlockManager
 from sim.engine.records import Recorder
 from sim.engine.replica import Replica, Stage, Transfer
@@ -32,18 +33,20 @@ from sim.engine.request import Req
 from sim.engine.router import ROUTERS
 from sim.engine.state import ReplicaState
 from sim.errors import LlmsimError
+from sim.hardware import LinkSpec
 from sim.model import (
     Precision,
     Work,
     activation_workspace_bytes,
     embedding_weight_elems,
+    kv_bytes_per_token,
     kv_bytes_per_token_per_device,
     layer_plan,
     layer_weight_elems,
     valid_tp,
 )
 from sim.scenario import Scenario
-from sim.topology import Cluster, build_cluster
+from sim.topology import Cluster, build_cluster, join_clusters
 from sim.workload import Arrivals, generate
 
 ROUTER_STREAM = 1000  # spawn key of the router's random stream (workload streams are below)
@@ -63,19 +66,43 @@ class Results:
 
 
 class LinkPool:
-    """One SimPy resource per directed link, created when a transfer first needs it."""
+    """One SimPy resource per directed link, created when a transfer first needs it.
 
-    def __init__(self, env: simpy.Environment, cluster: Cluster):
+    Views of one pool (`view`) share its resources: a second cluster joined to the
+    first (a disaggregated pool on other hardware) names its links with a prefix, so
+    every transfer that crosses a link, whichever cluster routed it, queues on the same
+    resource."""
+
+    def __init__(self, env: simpy.Environment, cluster: Cluster, prefix: str = ""):
         self.env = env
         self.cluster = cluster
+        self.prefix = prefix
         self.resources: dict[tuple[str, str], simpy.Resource] = {}
         self.busy: dict[tuple[str, str], float] = {}
+        self.specs: dict[tuple[str, str], LinkSpec] = {}  # every link a route has named
+
+    def view(self, cluster: Cluster, prefix: str) -> LinkPool:
+        other = LinkPool(self.env, cluster, prefix)
+        other.resources, other.busy, other.specs = self.resources, self.busy, self.specs
+        return other
+
+    def name(self, edge: tuple[str, str], spec: LinkSpec) -> tuple[str, str]:
+        """This view's name of one of its cluster's links, remembered with its spec."""
+        named = (self.prefix + edge[0], self.prefix + edge[1])
+        self.specs.setdefault(named, spec)
+        return named
+
+    def resource(self, edge: tuple[str, str]) -> simpy.Resource:
+        found = self.resources.get(edge)
+        if found is None:
+            found = self.resources[edge] = simpy.Resource(self.env, 1)
+        return found
 
     def path(self, src: str, dst: str) -> Transfer:
         route = self.cluster.route(src, dst)
-        edges = tuple(sorted(route.edges))
-        links = [self.resources.setdefault(e, simpy.Resource(self.env, 1)) for e in edges]
-        return Transfer(route, links, edges, self.busy)
+        named = tuple(sorted(self.name(e, self.cluster.link(*e)) for e in route.edges))
+        links = [self.resource(e) for e in named]
+        return Transfer(route, links, named, self.busy)
 
 
 @dataclass(frozen=True)
@@ -207,7 +234,12 @@ def build_replicas(
     cluster: Cluster,
     recorder: Recorder,
     pool: LinkPool,
+    *,
+    first_device: int = 0,
+    first_index: int = 0,
+    role: str = "both",
 ) -> tuple[list[Replica], ReplicaPlan]:
+    """`s.parallel.replicas` replicas on `cluster` from device `first_device` on."""
     precision = s.precision.build()
     model, par = s.model, s.parallel
     plan = layer_plan(model, par.tp, precision, par.attention)
@@ -225,8 +257,8 @@ def build_replicas(
     shared_costs: dict[tuple[Any, ...], StageCost] = {}
     replicas = []
     engines_per = schedule.engines()
-    for r in range(par.replicas):
-        base = r * par.devices_per_replica
+    for r in range(first_index, first_index + par.replicas):
+        base = first_device + (r - first_index) * par.devices_per_replica
         stages = []
         for i, layers in enumerate(sizes.stages):
             devices = tuple(range(base + i * par.tp, base + (i + 1) * par.tp))
@@ -256,12 +288,96 @@ def build_replicas(
             )
             engines.append((state, policy_cls(params, state, ctx)))
         act_bytes = model.d_model * precision.a_bytes
-        replicas.append(
-            Replica(
-                env, r, stages, engines, recorder, sends, host, s.engine.leap, act_bytes, schedule
-            )
+        replica = Replica(
+            env, r, stages, engines, recorder, sends, host, s.engine.leap, act_bytes, schedule
         )
+        replica.role, replica.device, replica.sizes = role, cluster.device, sizes
+        replica.links = pool
+        replicas.append(replica)
     return replicas, sizes
+
+
+POOL_PREFIX = {"prefill": "p:", "decode": "d:"}
+
+
+def build_disaggregated(
+    s: Scenario,
+    env: simpy.Environment,
+    cluster: Cluster,
+    recorder: Recorder,
+    pool: LinkPool,
+) -> tuple[list[Replica], list[Replica], KVHandoff]:
+    """The prefill and decode pools, and the KV handoff between them."""
+    dis = s.disaggregation
+    assert dis is not None
+    built: dict[str, tuple[list[Replica], Cluster, str]] = {}
+    next_device = 0
+    for role, spec in (("prefill", dis.prefill), ("decode", dis.decode)):
+        if spec.cluster is None:
+            on, prefix, first = cluster, "", next_device
+            next_device += spec.devices
+        else:
+            on, prefix, first = build_cluster(spec.cluster), POOL_PREFIX[role], 0
+        par = s.parallel.model_copy(
+            update={
+                "tp": spec.tp,
+                "pp": spec.pp,
+                "replicas": spec.replicas,
+                "layers_per_stage": None,
+            }
+        )
+        pool_scenario = s.model_copy(update={"parallel": par})
+        try:
+            reps, _ = build_replicas(
+                pool_scenario,
+                env,
+                on,
+                recorder,
+                pool.view(on, prefix),
+                first_device=first,
+                role=role,
+                first_index=0 if role == "prefill" else dis.prefill.replicas,
+            )
+        except LlmsimError as exc:
+            key = f"disaggregation.{role}" if exc.key in (None, "parallel") else exc.key
+            raise LlmsimError(exc.message, file=exc.file, key=key) from None
+        built[role] = (reps, on, prefix)
+    (prefill, p_cluster, p_prefix), (decode, d_cluster, d_prefix) = (
+        built["prefill"],
+        built["decode"],
+    )
+    graph = (
+        p_cluster
+        if p_cluster is d_cluster
+        else join_clusters([(p_cluster, p_prefix), (d_cluster, d_prefix)])
+    )
+    paths = {}
+    for src in prefill:
+        for dst in decode:
+            try:
+                paths[(src.index, dst.index)] = KVPath(
+                    graph,
+                    [f"{p_prefix}dev{d}" for st in src.stages for d in st.devices],
+                    [f"{d_prefix}dev{d}" for st in dst.stages for d in st.devices],
+                    pool,
+                )
+            except LlmsimError as exc:
+                raise s.error(exc.message, exc.key or "disaggregation") from None
+    precision = s.precision.build()
+    rng = np.random.default_rng(np.random.SeedSequence(s.seed, spawn_key=(ROUTER_STREAM + 1,)))
+    layerwise = 1.0 / s.model.n_layers if dis.transfer == "layerwise" else None
+    handoff = KVHandoff(
+        env,
+        decode,
+        ROUTERS[dis.decode_router](rng),
+        paths,
+        kv_bytes_per_token(s.model, precision.kv),
+        layerwise,
+        pool.busy,
+    )
+    for rep in prefill:
+        rep.handoff = handoff.send
+    return prefill, decode, handoff
 
 
 def _arrive(
@@ -312,6 +428,7 @@ def simulate(
     long run's memory holds only the per-request columns; the default follows the
     scenario's `output.records`."""
     from sim.metrics import (
+        cost_summary,
         device_frame,
         link_frame,
         pipeline_summary,
@@ -330,12 +447,18 @@ def simulate(
     keep = scenario.output.records if records is None else records
     recorder = Recorder(len(arrivals), on_progress, keep_iterations=keep)
     pool = LinkPool(env, cluster)
-    replicas, sizes = build_replicas(scenario, env, cluster, recorder, pool)
+    handoff = None
+    if scenario.disaggregation is None:
+        replicas, _ = build_replicas(scenario, env, cluster, recorder, pool)
+        front = replicas
+    else:
+        front, decode, handoff = build_disaggregated(scenario, env, cluster, recorder, pool)
+        replicas = front + decode
     rng = np.random.default_rng(np.random.SeedSequence(scenario.seed, spawn_key=(ROUTER_STREAM,)))
     router = ROUTERS[scenario.router.policy](rng)
 
     def route() -> int:
-        return router.next_replica(replicas)
+        return router.next_replica(front)
 
     done = env.event()
 
@@ -346,7 +469,7 @@ def simulate(
     recorder.all_closed = all_closed
     for rep in replicas:
         rep.start()
-    env.process(_arrive(env, arrivals, replicas, route))
+    env.process(_arrive(env, arrivals, front, route))
     events = _count_events(env)
     if len(arrivals):
         until: Any = done
@@ -364,11 +487,18 @@ def simulate(
     )
     iterations = recorder.iterations_frame()
     duration = float(env.now)
-    devices = device_frame(scenario, cluster, replicas, sizes, duration)
-    links = link_frame(cluster, replicas, pool, duration)
+    devices = device_frame(scenario, replicas, duration)
+    links = link_frame(replicas, pool, duration)
     summary = summarize(scenario, requests, recorder, devices, links, duration)
     summary.update(pipeline_summary(replicas, duration))
     summary.update(resource_summary(devices, links))
+    summary["cost"] = cost_summary(replicas, summary)
+    if handoff is not None:
+        summary["kv_transfer"] = {
+            "transfers": handoff.transfers,
+            "bytes": handoff.bytes_moved,
+            "mode": scenario.disaggregation.transfer if scenario.disaggregation else "",
+        }
     wall = time.perf_counter() - wall0
     stages = recorder.stages_frame()
     return Results(scenario, summary, requests, iterations, devices, links, stages, wall, events())

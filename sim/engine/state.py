@@ -25,6 +25,7 @@ class ReplicaState:
         self.paged = paged  # decode growth draws blocks (vLLM), or KV was reserved (Orca)
         self.waiting: deque[Req] = deque()
         self.swapped: deque[Req] = deque()
+        self.incoming: deque[Req] = deque()  # prefilled elsewhere, KV arrived (disaggregated)
         self.prefilling: list[Req] = []
         self.running: dict[int, Req] = {}
         self.step = 0  # decode steps done
@@ -130,4 +131,6 @@ class ReplicaState:
 
     @property
     def idle(self) -> bool:
-        return not (self.waiting or self.swapped or self.prefilling or self.running)
+        return not (
+            self.waiting or self.swapped or self.incoming or self.prefilling or self.running
+        )
