@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from sim.errors import LlmsimError
 
@@ -30,6 +31,12 @@ def setup(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-records", action="store_true", help="write summary.json only")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument(
+        "--trace",
+        metavar="PATH",
+        help="write a Chrome/Perfetto trace of the run (stage executions, requests) to PATH; "
+        "output.trace: true writes trace.json into the results directory",
+    )
+    p.add_argument(
         "--progress",
         choices=["auto", "on", "off"],
         default="auto",
@@ -40,14 +47,18 @@ def setup(sub: argparse._SubParsersAction) -> None:
 
 def run(ns: argparse.Namespace) -> int:
     from sim.engine.run import simulate
-    from sim.report import summary_json, summary_table, write_results
+    from sim.report import summary_json, summary_table, write_results, write_trace_file
     from sim.scenario import load_scenario
 
     scenario = load_scenario(ns.scenario, ns.overrides)
     progress = {"auto": None, "on": True, "off": False}[ns.progress]
     out = ns.out or scenario.output.dir
     keep = bool(out) and scenario.output.records and not ns.no_records
-    results = simulate(scenario, progress=progress, records=keep)
+    traces = [ns.trace] if ns.trace else []
+    if out and scenario.output.trace:
+        traces.append(str(Path(out) / "trace.json"))
+    # the trace draws on the stage timeline, which is kept with the records
+    results = simulate(scenario, progress=progress, records=keep or bool(traces))
     if out:
         try:
             write_results(
@@ -58,6 +69,11 @@ def run(ns: argparse.Namespace) -> int:
             )
         except OSError as exc:
             raise LlmsimError(f"cannot write results: {exc.strerror}", file=str(out)) from None
+    for path in traces:
+        try:
+            write_trace_file(results, path)
+        except OSError as exc:
+            raise LlmsimError(f"cannot write the trace: {exc.strerror}", file=path) from None
     if ns.json:
         print(summary_json(results.summary))
     else:

@@ -328,14 +328,16 @@ def _resolve_refs(data: dict[str, Any], file: str | None, base_dir: Path) -> dic
         dis = dict(dis)
         for role in ("prefill", "decode"):
             pool = dis.get(role)
-            ref = pool.get("cluster") if isinstance(pool, dict) else None
-            if isinstance(ref, str | dict):
+            if not isinstance(pool, dict):
+                continue
+            pool_ref = pool.get("cluster")
+            if isinstance(pool_ref, str | dict):
                 key = f"disaggregation.{role}.cluster"
                 try:
                     spec = (
-                        catalog.cluster_from_ref(ref)
-                        if isinstance(ref, str)
-                        else catalog.parse_spec(ClusterSpec, ref, file or "", key)
+                        catalog.cluster_from_ref(pool_ref)
+                        if isinstance(pool_ref, str)
+                        else catalog.parse_spec(ClusterSpec, pool_ref, file or "", key)
                     )
                     spec = catalog.resolve_cluster(spec)
                 except LlmsimError as exc:

@@ -85,7 +85,7 @@ def test_pools_of_different_devices():
 
 
 def test_pool_errors_name_the_pool():
-    with pytest.raises(LlmsimError, match="disaggregation.decode.tp: 3 does not divide"):
+    with pytest.raises(LlmsimError, match=r"disaggregation\.decode\.tp: 3 does not divide"):
         make(BASE, disaggregation={"prefill": {}, "decode": {"tp": 3}})
     with pytest.raises(LlmsimError, match="the pools need 9 devices of cluster dgx-a100"):
         make(BASE, disaggregation={"prefill": {"replicas": 8}, "decode": {"replicas": 1}})

@@ -155,3 +155,15 @@ def test_balanced_split_gives_the_lm_head_stage_fewer_layers():
 def test_unknown_schedule_lists_valid_ones():
     with pytest.raises(Exception, match="unknown schedule 'gpipe'; valid schedules: continuous"):
         scenario(parallel={"tp": 1, "pp": 2, "pipeline": {"schedule": "gpipe"}})
+
+
+def test_several_engines_share_one_stage_without_overlap():
+    """A one-stage replica with several request groups: they take turns on the device."""
+    s = scenario(parallel={"tp": 1, "pp": 1, "pipeline": {"schedule": "continuous",
+                                                          "microbatches": 4}},
+                 scheduler={"policy": "vllm"}, workload__requests=60,
+                 workload__arrival={"process": "poisson", "rate": 20.0})
+    res = simulate(s)
+    assert res.summary["device_utilization"] <= 1 + 1e-9
+    spans = res.stages.sort_values("start_s")
+    assert (spans["start_s"].to_numpy()[1:] >= spans["end_s"].to_numpy()[:-1] - 1e-12).all()

@@ -80,8 +80,14 @@ class Replica:
         self.host = host
         self.act_bytes_per_token = act_bytes_per_token
         self.schedule = schedule
-        # Leaps need one stage and one micro-batch per decode step.
-        can_leap = leap and len(stages) == 1 and not isinstance(schedule, FillDrain)
+        # Leaps need the device to themselves (one stage, one engine) and one
+        # micro-batch per decode step.
+        can_leap = (
+            leap
+            and len(stages) == 1
+            and len(engines) == 1
+            and not isinstance(schedule, FillDrain)
+        )
         self.engines = [
             VirtualEngine(self, i, st, policy, can_leap) for i, (st, policy) in enumerate(engines)
         ]
@@ -184,7 +190,8 @@ class VirtualEngine:
     def run(self) -> Generator[Any, Any, None]:
         env = self.env
         replica = self.replica
-        single = len(replica.stages) == 1
+        # One stage and one engine: nobody else wants the device, so skip the resource.
+        single = len(replica.stages) == 1 and len(replica.engines) == 1
         while True:
             now = env.now
             decision = self.policy.schedule(now)
