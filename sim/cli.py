@@ -282,7 +282,7 @@ def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     from importlib import import_module
 
     found = []
-    for module in ("sim.cli_run", "sim.cli_validate", "sim.cli_calibrate"):
+    for module in ("sim.cli_run", "sim.cli_validate", "sim.cli_calibrate", "sim.cli_compare"):
         try:
             mod = import_module(module)
         except ModuleNotFoundError as exc:
