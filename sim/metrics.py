@@ -260,11 +260,11 @@ def link_frame(replicas: list[Replica], pool: LinkPool, end_s: float) -> pd.Data
     busy: dict[tuple[str, str], float] = dict(pool.busy)
     for rep in replicas:
         for stage in rep.stages:
-            col = stage.cost.collectives
-            if col is None or stage.comm_s <= 0:
+            layout = stage.cost.layout
+            if layout is None or stage.comm_s <= 0:
                 continue
-            for edge in col.links():
-                named = rep.links.name(edge, col.cluster.link(*edge))
+            for edge in layout.links():
+                named = rep.links.name(edge, rep.links.cluster.link(*edge))
                 busy[named] = busy.get(named, 0.0) + stage.comm_s
     rows = [
         {

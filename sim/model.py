@@ -35,6 +35,7 @@ class Precision:
     weights: str = "bf16"
     activations: str = "bf16"
     kv: str = "bf16"
+    group_size: int = 64  # int8/int4 values share an fp16 scale and zero per group
     w_bytes: float = field(init=False, repr=False, compare=False)
     a_bytes: float = field(init=False, repr=False, compare=False)
     kv_bytes: float = field(init=False, repr=False, compare=False)
@@ -46,6 +47,14 @@ class Precision:
                 sizes.append(dtype_bytes(getattr(self, role)))
             except ValueError as exc:
                 raise LlmsimError(str(exc), key=f"precision.{role}") from None
+        if self.group_size < 1:
+            raise LlmsimError("must be at least 1", key="precision.group_size")
+        # Group-wise quantised values carry 4 bytes (fp16 scale and zero) per group.
+        overhead = 4.0 / self.group_size
+        if self.weights in QUANTISED:
+            sizes[0] += overhead
+        if self.kv in QUANTISED:
+            sizes[2] += overhead
         # Byte sizes are read on the hot path: resolve them once.
         object.__setattr__(self, "w_bytes", sizes[0])
         object.__setattr__(self, "a_bytes", sizes[1])
@@ -55,6 +64,11 @@ class Precision:
     def compute_dtype(self) -> str:
         return self.activations
 
+
+QUANTISED = ("int8", "int4")
+# Dequantising one int8/int4 value (unpack, subtract the zero, scale) on the general-
+# purpose cores, not the matrix units: the cost FlexGen and gpt-fast pay for compression.
+DEQUANT_FLOPS_PER_VALUE = 4.0
 
 OpKind = Literal["gemm", "attn_prefill", "attn_decode", "elementwise", "all_reduce"]
 
@@ -316,6 +330,41 @@ def op_bytes(op: Op, work: Work, precision: Precision) -> float:
         return (q_o + kv_read + kv_write) * op.share
     if op.kind == "elementwise":
         return (op.read_elems + op.write_elems) * work.tokens * a
+    return 0.0
+
+
+def dequant_flops(op: Op, work: Work, precision: Precision) -> float:
+    """Non-tensor FLOPs of dequantising what the op reads: quantised weights of a matmul
+    (activations in floating point), or a quantised KV cache read by attention."""
+    if (
+        op.kind == "gemm"
+        and precision.weights in QUANTISED
+        and precision.activations not in (QUANTISED)
+    ):
+        if work.tokens == 0:
+            return 0.0
+        matrices = (
+            moe_active_experts(op.count, op.top_k, work.tokens) if op.top_k else float(op.count)
+        )
+        return matrices * op.k * op.n * DEQUANT_FLOPS_PER_VALUE
+    if op.kind == "attn_decode" and precision.kv in QUANTISED and work.decode_seqs:
+        return (
+            work.decode_kv_tokens
+            * 2
+            * op.kv_heads
+            * op.head_dim
+            * op.share
+            * DEQUANT_FLOPS_PER_VALUE
+        )
+    if op.kind == "attn_prefill" and precision.kv in QUANTISED and work.prefill_tokens:
+        return (
+            work.prefill_kv_tokens
+            * 2
+            * op.kv_heads
+            * op.head_dim
+            * op.share
+            * DEQUANT_FLOPS_PER_VALUE
+        )
     return 0.0
 
 

@@ -32,6 +32,9 @@ class PrecisionSpec(Spec):
     weights: str = "bf16"
     activations: str = "bf16"
     kv: str | None = Field(default=None, description="defaults to the activation dtype")
+    group_size: int = Field(
+        default=64, gt=0, description="int8/int4: values per fp16 scale and zero (group-wise)"
+    )
 
     @field_validator("weights", "activations", "kv")
     @classmethod
@@ -41,7 +44,9 @@ class PrecisionSpec(Spec):
         return value
 
     def build(self) -> Precision:
-        return Precision(self.weights, self.activations, self.kv or self.activations)
+        return Precision(
+            self.weights, self.activations, self.kv or self.activations, self.group_size
+        )
 
 
 class PipelineSpec(Spec):
@@ -389,10 +394,16 @@ def check_scenario(s: Scenario) -> None:
     """Combinations no single field can judge: parallelism against the model and the
     cluster. Memory fit is checked when the replicas are built (it needs the cost of
     the activations), with the same kind of error."""
+    from sim.cost.layouts import check_layout
+
     try:
-        check_tp(s.model, s.parallel.tp, s.parallel.attention)
+        check_layout(s.parallel.tp_layout, s.model, s.parallel.tp, s.parallel.attention)
     except LlmsimError as exc:
-        raise s.error(exc.message, exc.key or "parallel.tp") from None
+        key = exc.key or "parallel.tp"
+        message = exc.message
+        if key == "parallel.tp_layout" and s.parallel.tp_layout == "1d-weight-stationary":
+            key, message = "parallel.tp", message.removeprefix("1d-weight-stationary: ")
+        raise s.error(message, key) from None
     par = s.parallel
     if par.pp > s.model.n_layers:
         raise s.error(

@@ -272,6 +272,7 @@ def _gptfast(entry: dict[str, Any], opts: _Options) -> list[Row]:
     hardware = str(_need(entry, "hardware"))
     device, model = _device(hardware), _model(entry)
     weights = _dtype(str(_need(entry, "precision")))
+    group = re.search(r"\bG\s*=\s*(\d+)", str(entry.get("precision")))
     batch = int(_number(_need(entry, "workload.batch"), "workload.batch"))
     prompt = int(_number(_need(entry, "workload.prompt_tokens"), "workload.prompt_tokens"))
     summary = _simulate(
@@ -279,7 +280,12 @@ def _gptfast(entry: dict[str, Any], opts: _Options) -> list[Row]:
             "name": entry["id"],
             "cluster": _cluster(device),
             "model": model,
-            "precision": {"weights": weights, "activations": "bf16", "kv": "bf16"},
+            "precision": {
+                "weights": weights,
+                "activations": "bf16",
+                "kv": "bf16",
+                "group_size": int(group.group(1)) if group else 64,
+            },
             "scheduler": {"policy": "static", "batch_size": batch, "max_wait": 0},
             "workload": _fixed(batch, prompt, GPTFAST_OUTPUT_TOKENS),
         }

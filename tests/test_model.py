@@ -97,8 +97,11 @@ def test_weight_dtype_changes_bytes_not_flops():
     bf16 = layer_plan(m, 1, Precision("bf16"))
     int4 = layer_plan(m, 1, Precision("int4"))
     assert bf16.flops(w) == int4.flops(w)
-    assert int4.weight_bytes == pytest.approx(bf16.weight_bytes / 4)
-    assert int4.bytes(w) < 0.3 * bf16.bytes(w)
+    # int4 is half a byte a weight plus an fp16 scale and zero per group of 64.
+    assert int4.precision.w_bytes == 0.5 + 4 / 64
+    assert int4.weight_bytes == pytest.approx(bf16.weight_bytes / 2 * (0.5 + 4 / 64))
+    assert int4.bytes(w) < 0.33 * bf16.bytes(w)
+    assert Precision("int4", group_size=32).w_bytes == 0.625  # gpt-fast's groups
 
 
 def test_moe_touches_top_k_experts_per_token():

@@ -45,6 +45,7 @@ class CalibratedKernel:
         self.profile = profile
         self.fit = profile.fit
         self.fallback = RooflineKernel(device, precision)
+        self._ideal = RooflineKernel(device, precision, ideal=True)
         self.flops_per_s = device.flops(precision.compute_dtype)
         self.bytes_per_s = device.memory_bandwidth_bytes_per_s
         self._measured: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
@@ -107,7 +108,8 @@ class CalibratedKernel:
         return self.fallback.op_time(op, work)
 
     def _kv_per_token(self, op: Op) -> float:
-        return 2.0 * op.kv_heads * op.head_dim * self.precision.kv_bytes
+        """KV bytes this device reads per token of the batch (its share of sequences)."""
+        return 2.0 * op.kv_heads * op.head_dim * self.precision.kv_bytes * op.share
 
     def _kv_bytes(self, op: Op, kv_tokens: np.ndarray) -> np.ndarray:
         out: np.ndarray = kv_tokens * self._kv_per_token(op)
@@ -126,13 +128,8 @@ class CalibratedKernel:
         return out
 
     def fallback_floor(self, op: Op, seqs: int, kv_tokens: np.ndarray) -> np.ndarray:
-        p = self.precision
-        per_kv = 2.0 * op.kv_heads * op.head_dim * p.kv_bytes
-        fixed = seqs * (2 * op.heads * op.head_dim * p.a_bytes + per_kv)
-        compute = kv_tokens * 4.0 * op.heads * op.head_dim / self.device.flops(p.compute_dtype)
-        memory = (fixed + kv_tokens * per_kv) / self.bytes_per_s
-        out: np.ndarray = np.maximum(compute, memory)
-        return out
+        """The physical floor of decode attention (the ideal roofline, vectorised)."""
+        return self._ideal.decode_attention_times(op, seqs, kv_tokens)
 
     # ------------------------------------------------------------------ GEMMs
     def _roofline(self, m: float, n: int, k: int) -> float:

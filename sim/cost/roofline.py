@@ -13,7 +13,17 @@ from typing import Protocol
 import numpy as np
 
 from sim.hardware import DeviceSpec
-from sim.model import Op, Precision, Work, op_active, op_bytes, op_flops
+from sim.model import (
+    DEQUANT_FLOPS_PER_VALUE,
+    QUANTISED,
+    Op,
+    Precision,
+    Work,
+    dequant_flops,
+    op_active,
+    op_bytes,
+    op_flops,
+)
 
 
 class OpKernel(Protocol):
@@ -35,13 +45,16 @@ class RooflineKernel:
         self.flops_per_s = device.flops(precision.compute_dtype) * (1.0 if ideal else eff.compute)
         self.bytes_per_s = device.memory_bandwidth_bytes_per_s * (1.0 if ideal else eff.memory)
         self.launch_s = 0.0 if ideal else device.launch_overhead_s
+        # Dequantisation runs on the general-purpose cores: the device's fp32 rate.
+        self.scalar_flops_per_s = device.flops("fp32") * (1.0 if ideal else eff.compute)
 
     def op_time(self, op: Op, work: Work) -> float:
         if op.kind == "all_reduce" or not op_active(op, work):
             return 0.0
         flops = op_flops(op, work)
         moved = op_bytes(op, work, self.precision)
-        return max(flops / self.flops_per_s, moved / self.bytes_per_s) + self.launch_s
+        dequant = dequant_flops(op, work, self.precision) / self.scalar_flops_per_s
+        return max(flops / self.flops_per_s, moved / self.bytes_per_s, dequant) + self.launch_s
 
     def decode_attention_times(self, op: Op, seqs: int, kv_tokens: np.ndarray) -> np.ndarray:
         """`op_time` of decode attention for many KV totals at once (exact, vectorised):
@@ -49,13 +62,23 @@ class RooflineKernel:
         if seqs == 0:
             return np.zeros_like(kv_tokens)
         p = self.precision
-        per_kv_flops = 4.0 * op.heads * op.head_dim
-        per_kv_bytes = 2.0 * op.kv_heads * op.head_dim * p.kv_bytes
-        fixed_bytes = seqs * (2 * op.heads * op.head_dim * p.a_bytes + per_kv_bytes)
+        per_kv_flops = 4.0 * op.heads * op.head_dim * op.share
+        per_kv_bytes = 2.0 * op.kv_heads * op.head_dim * p.kv_bytes * op.share
+        fixed_bytes = (
+            seqs
+            * op.share
+            * (
+                2 * op.heads * op.head_dim * p.a_bytes
+                + 2.0 * op.kv_heads * op.head_dim * p.kv_bytes
+            )
+        )
         compute = kv_tokens * (per_kv_flops / self.flops_per_s)
         memory = (fixed_bytes + kv_tokens * per_kv_bytes) / self.bytes_per_s
-        out: np.ndarray = np.maximum(compute, memory) + self.launch_s
-        return out
+        out: np.ndarray = np.maximum(compute, memory)
+        if p.kv in QUANTISED:
+            per_kv_dequant = 2.0 * op.kv_heads * op.head_dim * op.share * DEQUANT_FLOPS_PER_VALUE
+            out = np.maximum(out, kv_tokens * per_kv_dequant / self.scalar_flops_per_s)
+        return out + self.launch_s
 
     def source(self, op: Op) -> str:
         return "roofline"
@@ -68,4 +91,5 @@ def floor_time(device: DeviceSpec, precision: Precision, op: Op, work: Work) -> 
     return max(
         op_flops(op, work) / device.flops(precision.compute_dtype),
         op_bytes(op, work, precision) / device.memory_bandwidth_bytes_per_s,
+        dequant_flops(op, work, precision) / device.flops("fp32"),
     )

@@ -3,7 +3,7 @@
 A stage is a TP group holding a block of layers (plus the embedding on the first stage
 and the LM head on the last). Its time for a `Work` is n_layers × (the layer's ops on
 one device + its TP all-reduces) + the extras. The part that depends only on the
-token count (matmuls, element-wise ops, all-reduces) is memoised by token count; the
+token count (matmuls, element-wise ops, the TP layout's collectives) is memoised by token count; the
 attention parts are a few float operations each, so an iteration costs O(1) however
 many sequences it holds. `decode_times` prices k consecutive decode steps at once with
 numpy, for the engine's leaps over quiet stretches.
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim.cost.collectives import CollectiveModel
+from sim.cost.layouts import Layout
 from sim.cost.roofline import OpKernel
-from sim.model import LayerPlan, Op, Work, all_reduce_bytes, op_bytes, op_flops
+from sim.model import LayerPlan, Op, Work, op_bytes, op_flops
 
 
 class StageCost:
@@ -24,7 +24,7 @@ class StageCost:
         plan: LayerPlan,
         n_layers: int,
         kernel: OpKernel,
-        collectives: CollectiveModel | None,
+        layout: Layout | None,
         *,
         first: bool = True,
         last: bool = True,
@@ -32,12 +32,11 @@ class StageCost:
         self.plan = plan
         self.n_layers = n_layers
         self.kernel = kernel
-        self.collectives = collectives
+        self.layout = layout  # the TP group's communication (None without TP)
         self.first = first
         self.last = last
         model = plan.model
         self._token_ops = [o for o in plan.ops if o.kind in ("gemm", "elementwise")]
-        self._reduces = [o for o in plan.ops if o.kind == "all_reduce"]
         self._prefill = next(o for o in plan.ops if o.kind == "attn_prefill")
         self._decode = next(o for o in plan.ops if o.kind == "attn_decode")
         tp = plan.tp
@@ -60,11 +59,8 @@ class StageCost:
             return cached
         work = Work(tokens=tokens)
         layer = sum(self.kernel.op_time(op, work) for op in self._token_ops)
-        if self.collectives is not None and tokens:
-            layer += sum(
-                self.collectives.all_reduce_s(all_reduce_bytes(op, work, self.plan.precision))
-                for op in self._reduces
-            )
+        if self.layout is not None and tokens:
+            layer += self.layout.layer_comm_s(tokens)
         total = layer * self.n_layers
         if self.first and tokens:
             total += self.kernel.op_time(self._embed, work)
@@ -72,15 +68,10 @@ class StageCost:
         return total
 
     def comm_part_s(self, tokens: int) -> float:
-        """The all-reduce share of `token_part_s` (time the links are busy)."""
-        if self.collectives is None or not tokens:
+        """The TP communication share of `token_part_s` (time the links are busy)."""
+        if self.layout is None or not tokens:
             return 0.0
-        work = Work(tokens=tokens)
-        layer = sum(
-            self.collectives.all_reduce_s(all_reduce_bytes(op, work, self.plan.precision))
-            for op in self._reduces
-        )
-        return layer * self.n_layers
+        return self.layout.layer_comm_s(tokens) * self.n_layers
 
     def lm_head_s(self, rows: int) -> float:
         if not self.last or rows <= 0 or self.plan.model.encoder_only:

@@ -21,7 +21,7 @@ import simpy
 
 from sim.analyze import layers_per_stage
 from sim.cost import make_kernel
-from sim.cost.collectives import CollectiveModel
+from sim.cost.layouts import Layout, build_layout, compute_attention, layout_weights
 from sim.cost.roofline import OpKernel
 from sim.cost.stage import StageCost
 from sim.engine.batching import POLICIES, PolicyContext
@@ -170,7 +170,9 @@ def plan_replica(
     model, par = s.model, s.parallel
     params = s.scheduler.policy_params()
     stages = stage_layers(s, kernel)
-    layer_w = layer_weight_elems(model, par.tp, par.attention) * precision.w_bytes
+    layer_w, layout_workspace = layout_weights(
+        par.tp_layout, model, par.tp, precision, par.attention
+    )
     emb = embedding_weight_elems(model, par.tp) * precision.w_bytes
     weights = []
     for i, layers in enumerate(stages):
@@ -184,7 +186,7 @@ def plan_replica(
         params.max_model_len or model.max_seq_len, 2048
     )
     cap = min(cap, getattr(params, "token_budget", cap))
-    workspace = activation_workspace_bytes(model, cap, par.tp, precision)
+    workspace = activation_workspace_bytes(model, cap, par.tp, precision) + layout_workspace
     per_token = [
         kv_bytes_per_token_per_device(model, par.tp, n, precision.kv, par.attention) for n in stages
     ]
@@ -222,10 +224,11 @@ def _what_would_fit(s: Scenario, usable: float, precision: Precision) -> str:
     return "raise pp, use more devices, or a smaller weight dtype"
 
 
-def _stage_cost_key(col: CollectiveModel | None) -> tuple[float, ...]:
-    if col is None:
+def _stage_cost_key(layout: Layout | None) -> tuple[float, ...]:
+    """Stages whose communication costs the same share one StageCost (and its memo)."""
+    if layout is None:
         return ()
-    return (col.all_reduce_s(2.0**10), col.all_reduce_s(2.0**20))
+    return (layout.layer_comm_s(1), layout.layer_comm_s(1024))
 
 
 def build_replicas(
@@ -242,7 +245,12 @@ def build_replicas(
     """`s.parallel.replicas` replicas on `cluster` from device `first_device` on."""
     precision = s.precision.build()
     model, par = s.model, s.parallel
-    plan = layer_plan(model, par.tp, precision, par.attention)
+    plan = layer_plan(
+        model,
+        par.tp,
+        precision,
+        compute_attention(par.tp_layout, model, par.tp, par.attention),
+    )
     try:
         kernel, profile = make_kernel(cluster.device, precision, s.engine.cost)
     except LlmsimError as exc:
@@ -262,12 +270,18 @@ def build_replicas(
         stages = []
         for i, layers in enumerate(sizes.stages):
             devices = tuple(range(base + i * par.tp, base + (i + 1) * par.tp))
-            col = CollectiveModel(cluster, devices, fits) if par.tp > 1 else None
-            key = (i, layers, *_stage_cost_key(col))
+            layout = (
+                build_layout(
+                    par.tp_layout, model, par.tp, precision, cluster, devices, fits, par.attention
+                )
+                if par.tp > 1
+                else None
+            )
+            key = (i, layers, *_stage_cost_key(layout))
             cost = shared_costs.get(key)
             if cost is None:
                 first, last = i == 0, i == len(sizes.stages) - 1
-                cost = StageCost(plan, layers, kernel, col, first=first, last=last)
+                cost = StageCost(plan, layers, kernel, layout, first=first, last=last)
                 shared_costs[key] = cost
             stages.append(Stage(i, devices, cost, simpy.Resource(env, 1)))
         sends = [
