@@ -22,6 +22,7 @@ from sim.errors import LlmsimError, pydantic_error
 from sim.hardware import ClusterSpec
 from sim.model import Precision, check_tp
 from sim.modelspec import ModelSpec
+from sim.offload import OffloadSpec
 from sim.slo import SLOSpec
 from sim.specbase import Spec
 from sim.units import DTYPE_BYTES
@@ -246,6 +247,7 @@ class Scenario(Spec):
     engine: EngineSpec = EngineSpec()
     compare: CompareSpec | None = None
     disaggregation: DisaggregationSpec | None = None
+    offload: OffloadSpec | None = None
 
     _file: str | None = PrivateAttr(default=None)
     _base_dir: Path | None = PrivateAttr(default=None)
@@ -425,6 +427,8 @@ def check_scenario(s: Scenario) -> None:
     if s.disaggregation is not None:
         _check_pools(s, s.disaggregation)
         return
+    if s.offload is not None:
+        _check_offload(s, s.offload)
     have = n_devices(s.cluster)
     need = par.replicas * par.devices_per_replica
     if need > have:
@@ -468,4 +472,24 @@ def _check_pools(s: Scenario, dis: DisaggregationSpec) -> None:
             f"policy {s.scheduler.policy!r} cannot decode requests prefilled elsewhere; "
             "use vllm or sarathi",
             "scheduler.policy",
+        )
+
+
+def _check_offload(s: Scenario, off: OffloadSpec) -> None:
+    """FlexGen's setting: one GPU running static blocks of the offload's shape."""
+    par = s.parallel
+    if (par.tp, par.pp, par.replicas) != (1, 1, 1):
+        raise s.error(
+            "offloading runs one replica on one GPU: tp, pp and replicas must be 1", "parallel"
+        )
+    if s.scheduler.policy != "static":
+        raise s.error(
+            "offloading runs blocks of requests: use the static policy", "scheduler.policy"
+        )
+    batch = s.scheduler.policy_params().batch_size
+    if batch != off.block:
+        raise s.error(
+            f"batch_size {batch} must equal offload.gpu_batch_size × offload.gpu_batches = "
+            f"{off.gpu_batch_size} × {off.gpu_batches} = {off.block}",
+            "scheduler.batch_size",
         )

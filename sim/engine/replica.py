@@ -83,10 +83,7 @@ class Replica:
         # Leaps need the device to themselves (one stage, one engine) and one
         # micro-batch per decode step.
         can_leap = (
-            leap
-            and len(stages) == 1
-            and len(engines) == 1
-            and not isinstance(schedule, FillDrain)
+            leap and len(stages) == 1 and len(engines) == 1 and not isinstance(schedule, FillDrain)
         )
         self.engines = [
             VirtualEngine(self, i, st, policy, can_leap) for i, (st, policy) in enumerate(engines)
@@ -101,6 +98,7 @@ class Replica:
         self.device: Any = None  # the DeviceSpec of its devices, for the records
         self.sizes: Any = None  # its memory plan (weights, workspace, KV per token)
         self.links: Any = None  # the LinkPool view naming its cluster's links
+        self.offload: Any = None  # an OffloadExecutor when weights/KV live off the GPU
         self.outstanding = 0  # requests routed here and not yet finished
 
     # ------------------------------------------------------------------ routing view
@@ -206,7 +204,13 @@ class VirtualEngine:
             step = decision
             if step.swap_out_bytes or step.swap_in_bytes:
                 yield from self._swap(step)
-            if self.leap and step.decode and not step.prefills and step.repeat > 1:
+            if (
+                self.leap
+                and replica.offload is None
+                and step.decode
+                and not step.prefills
+                and step.repeat > 1
+            ):
                 k = self._leap_bound(step)
                 if k > 1:
                     yield from self._leap(step, k)
@@ -215,7 +219,14 @@ class VirtualEngine:
             start = env.now
             replica.begin_step()
             batches = replica.schedule.split(work, logits)
-            if single and len(batches) == 1:
+            if replica.offload is not None:
+                stage = replica.stages[0]
+                t = yield from replica.offload.run_step(work, logits)
+                self._account(stage, work, logits, t)
+                replica.recorder.stage_span(
+                    replica.index, 0, self.index, 0, start, start + t, _phase(work), work.tokens
+                )
+            elif single and len(batches) == 1:
                 stage = replica.stages[0]
                 t = stage.cost.time(work, logits)
                 self._account(stage, work, logits, t)

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import simpy
 
+from sim import catalog
 from sim.analyze import layers_per_stage
 from sim.cost import make_kernel
 from sim.cost.layouts import Layout, build_layout, compute_attention, layout_weights
@@ -27,6 +28,7 @@ from sim.cost.stage import StageCost
 from sim.engine.batching import POLICIES, PolicyContext
 from sim.engine.disagg import KVHandoff, KVPath
 from sim.engine.kv_cache import BlockManager
+from sim.engine.offload_exec import OffloadExecutor, check_capacity
 from sim.engine.records import Recorder
 from sim.engine.replica import Replica, Stage, Transfer
 from sim.engine.request import Req
@@ -45,6 +47,7 @@ from sim.model import (
     layer_weight_elems,
     valid_tp,
 )
+from sim.offload import Machine
 from sim.scenario import Scenario
 from sim.topology import Cluster, build_cluster, join_clusters
 from sim.workload import Arrivals, generate
@@ -192,6 +195,11 @@ def plan_replica(
     ]
     usable = cluster.device.memory_bytes * params.gpu_memory_utilization
     bs = params.block_size
+    if s.offload is not None:  # tiers are checked by the offload plan; KV may live anywhere
+        gpu = offload_capacity(s, cluster, precision)
+        weights = [gpu]
+        blocks = (1 << 40) // bs
+        return ReplicaPlan(stages, weights, 0.0, per_token, blocks, bs * max(per_token))
     blocks = min(
         math.floor((usable - w - workspace) / (bs * t))
         for w, t in zip(weights, per_token, strict=True)
@@ -208,6 +216,51 @@ def plan_replica(
             "parallel",
         )
     return ReplicaPlan(stages, weights, workspace, per_token, blocks, bs * max(per_token))
+
+
+def offload_machine(cluster: Cluster) -> Machine:
+    """The PCIe, disk, host DRAM and host CPU an offloaded GPU works with."""
+    node = cluster.node_spec
+    if node is None or node.host.disk is None:
+        raise LlmsimError(
+            f"cluster {cluster.spec.name} has no host disk; offloading needs a node with "
+            "`host.disk` (e.g. t4-flexgen)",
+            key="offload",
+        )
+    disk = node.host.disk
+    cpu_name = node.host.cpu or "host-cpu"
+    return Machine(
+        gpu=cluster.device,
+        cpu=catalog.load_device(cpu_name),
+        h2d_bytes_per_s=node.pcie.bandwidth_bytes_per_s,
+        d2h_bytes_per_s=node.pcie.bandwidth_bytes_per_s,
+        disk_read_bytes_per_s=disk.read_bandwidth_bytes_per_s,
+        disk_write_bytes_per_s=disk.write_bandwidth_bytes_per_s,
+        cpu_bytes=node.host.dram_bytes,
+        disk_bytes=disk.capacity_bytes,
+    )
+
+
+def offload_capacity(s: Scenario, cluster: Cluster, precision: Precision) -> float:
+    """The GPU bytes an offload placement holds at peak, after checking every tier."""
+    assert s.offload is not None
+    arrivals = generate(s.workload, s.seed, s.base_dir)
+    prompt = int(arrivals.prompt_tokens.max()) if len(arrivals) else 1
+    output = int(arrivals.output_tokens.max()) if len(arrivals) else 1
+    params = s.scheduler.policy_params()
+    try:
+        need = check_capacity(
+            s.model,
+            precision,
+            s.offload,
+            offload_machine(cluster),
+            prompt,
+            output,
+            cluster.device.memory_bytes * params.gpu_memory_utilization,
+        )
+    except LlmsimError as exc:
+        raise s.error(exc.message, exc.key or "offload") from None
+    return need["gpu"]
 
 
 def _what_would_fit(s: Scenario, usable: float, precision: Precision) -> str:
@@ -307,6 +360,16 @@ def build_replicas(
         )
         replica.role, replica.device, replica.sizes = role, cluster.device, sizes
         replica.links = pool
+        if s.offload is not None:
+            replica.offload = OffloadExecutor(
+                env,
+                model,
+                precision,
+                s.offload,
+                offload_machine(cluster),
+                stages[0].cost,
+                pool,
+            )
         replicas.append(replica)
     return replicas, sizes
 
