@@ -15,11 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sim.errors import LlmsimError
+from sim.traces import load_trace
 from sim.workload import (
     LognormalLength,
     WorkloadSpec,
     generate,
-    load_trace,
     parse_workload,
     resolve_recipe,
 )
