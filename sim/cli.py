@@ -282,7 +282,15 @@ def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     from importlib import import_module
 
     found = []
-    for module in ("sim.cli_run", "sim.cli_validate", "sim.cli_calibrate", "sim.cli_compare"):
+    for module in (
+        "sim.cli_run",
+        "sim.cli_validate",
+        "sim.cli_calibrate",
+        "sim.cli_compare",
+        "sim.cli_capacity",
+        "sim.cli_sweep",
+        "sim.cli_offload",
+    ):
         try:
             mod = import_module(module)
         except ModuleNotFoundError as exc:

@@ -29,8 +29,9 @@ BASE = {
 def decode_cluster(nic_bandwidth: str) -> dict:
     """A one-GPU A100 box whose only way out is a NIC of the given bandwidth."""
     node = catalog.load_node("dgx-a100").model_dump(by_alias=True)
-    node.update(name="a100-box", devices_per_node=1,
-                nic={"bandwidth": nic_bandwidth, "latency": "5 us"})
+    node.update(
+        name="a100-box", devices_per_node=1, nic={"bandwidth": nic_bandwidth, "latency": "5 us"}
+    )
     return {"name": "a100-box", "node": node, "nodes": 1}
 
 
@@ -50,8 +51,13 @@ def test_tokens_conserved_and_every_request_decodes_on_the_decode_pool():
 
 
 def test_zero_bandwidth_between_pools_is_rejected():
-    s = make(BASE, disaggregation={"prefill": {"replicas": 1},
-                                   "decode": {"replicas": 1, "cluster": decode_cluster("0 GB/s")}})
+    s = make(
+        BASE,
+        disaggregation={
+            "prefill": {"replicas": 1},
+            "decode": {"replicas": 1, "cluster": decode_cluster("0 GB/s")},
+        },
+    )
     with pytest.raises(LlmsimError, match="zero bandwidth: the KV cache cannot move") as err:
         simulate(s)
     assert err.value.key == "disaggregation"
@@ -59,12 +65,17 @@ def test_zero_bandwidth_between_pools_is_rejected():
 
 def test_fast_links_approach_decode_only_latency():
     def tpot(bandwidth: str) -> tuple[float, float]:
-        s = make(BASE, disaggregation={"prefill": {"replicas": 1}, "decode": {
-            "replicas": 1, "cluster": decode_cluster(bandwidth)}})
+        s = make(
+            BASE,
+            disaggregation={
+                "prefill": {"replicas": 1},
+                "decode": {"replicas": 1, "cluster": decode_cluster(bandwidth)},
+            },
+        )
         res = simulate(s)
         it = res.iterations
         decode_only = it[(it["replica"] == 1) & (it["prefill_tokens"] == 0)]
-        step = ((decode_only["end_s"] - decode_only["start_s"]) / decode_only["iterations"])
+        step = (decode_only["end_s"] - decode_only["start_s"]) / decode_only["iterations"]
         return res.summary["tpot_s"]["p50"], float(step.median())
 
     slow, _ = tpot("1 GB/s")
@@ -74,9 +85,14 @@ def test_fast_links_approach_decode_only_latency():
 
 
 def test_pools_of_different_devices():
-    s = make(BASE, cluster="dgx-h100",
-             disaggregation={"prefill": {"replicas": 1, "tp": 2},
-                             "decode": {"replicas": 1, "cluster": "dgx-a100"}})
+    s = make(
+        BASE,
+        cluster="dgx-h100",
+        disaggregation={
+            "prefill": {"replicas": 1, "tp": 2},
+            "decode": {"replicas": 1, "cluster": "dgx-a100"},
+        },
+    )
     res = simulate(s)
     assert (res.requests["status"] == "finished").all()
     kinds = res.devices.groupby("role")["kind"].first().to_dict()

@@ -159,10 +159,12 @@ def test_unknown_schedule_lists_valid_ones():
 
 def test_several_engines_share_one_stage_without_overlap():
     """A one-stage replica with several request groups: they take turns on the device."""
-    s = scenario(parallel={"tp": 1, "pp": 1, "pipeline": {"schedule": "continuous",
-                                                          "microbatches": 4}},
-                 scheduler={"policy": "vllm"}, workload__requests=60,
-                 workload__arrival={"process": "poisson", "rate": 20.0})
+    s = scenario(
+        parallel={"tp": 1, "pp": 1, "pipeline": {"schedule": "continuous", "microbatches": 4}},
+        scheduler={"policy": "vllm"},
+        workload__requests=60,
+        workload__arrival={"process": "poisson", "rate": 20.0},
+    )
     res = simulate(s)
     assert res.summary["device_utilization"] <= 1 + 1e-9
     spans = res.stages.sort_values("start_s")
