@@ -316,6 +316,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("llmsim: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `llmsim ... | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

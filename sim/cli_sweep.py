@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from sim.errors import LlmsimError
+
+if TYPE_CHECKING:  # pandas only when the command runs: `llmsim --help` stays quick
+    import pandas as pd
 
 
 def setup(sub: argparse._SubParsersAction) -> None:

@@ -225,6 +225,8 @@ def device_frame(scenario: Scenario, replicas: list[Replica], end_s: float) -> p
         peak_blocks = sum(e.state.blocks.peak for e in rep.engines)
         for stage in rep.stages:
             kv_peak = peak_blocks * block_size * sizes.kv_bytes_per_token[stage.index]
+            if rep.offload is not None:  # the placement's GPU share is in weight_bytes
+                kv_peak = 0.0
             for dev in stage.devices:
                 rows.append(
                     {

@@ -43,12 +43,10 @@ import numpy as np
 from scipy.optimize import linprog
 
 from sim.cost import make_kernel
-from sim.cost.roofline import RooflineKernel
-from sim.cost.stage import StageCost
-from sim.engine.pipeline import split_work
+from sim.engine.offload_exec import StepModel, StepPricer
 from sim.errors import LlmsimError
-from sim.model import Precision, Work, layer_plan
-from sim.offload import TENSORS, TIERS, VARIABLES, Linear, OffloadSpec, layer_terms, tier_bytes
+from sim.model import Work
+from sim.offload import TENSORS, TIERS, VARIABLES, Linear, OffloadSpec, tier_bytes
 from sim.scenario import Scenario
 
 OBJECTIVES = ("throughput", "latency")
@@ -57,25 +55,6 @@ OBJECTIVES = ("throughput", "latency")
 _LP_FILL = 1.0 - 1e-7
 _GB = 1e9
 _TIE = 1e-6
-
-
-@dataclass(frozen=True)
-class StepModel:
-    """One step of the block, `repeat` times: per-layer streams, the first layer's load
-    and the step's fixed seconds (embedding, LM head)."""
-
-    terms: dict[str, Linear]
-    first: Linear
-    fixed_s: float
-    repeat: int = 1
-
-    def seconds(self, values: dict[str, float], n_layers: int) -> float:
-        slowest = max(term.at(values) for term in self.terms.values())
-        return self.repeat * (n_layers * slowest + self.first.at(values) + self.fixed_s)
-
-    def bound(self, values: dict[str, float]) -> str:
-        """The stream that sets the step's time."""
-        return max(self.terms, key=lambda name: self.terms[name].at(values))
 
 
 @dataclass(frozen=True)
@@ -189,12 +168,7 @@ class OffloadModel:
             kernel, _ = make_kernel(cluster.device, self.precision, s.engine.cost)
         except LlmsimError as exc:
             raise s.error(exc.message, exc.key or "cluster") from None
-        plan = layer_plan(self.model, 1, self.precision)
-        self._layer = StageCost(plan, 1, kernel, None, first=False, last=False)
-        self._ends = StageCost(plan, 0, kernel, None, first=True, last=True)
-        p = self.precision
-        self._cpu = RooflineKernel(self.machine.cpu, Precision("fp32", "fp32", p.kv, p.group_size))
-        self._attn = next(o for o in plan.ops if o.kind == "attn_decode")
+        self.pricer = StepPricer(self.model, self.precision, self.machine, kernel)
         util = s.scheduler.policy_params().gpu_memory_utilization
         self.capacity = {
             "gpu": cluster.device.memory_bytes * util,
@@ -203,37 +177,8 @@ class OffloadModel:
         }
 
     def step(self, spec: OffloadSpec, work: Work, logits: int, repeat: int = 1) -> StepModel:
-        """One step of `spec`'s block, as `OffloadExecutor.step_seconds` prices it."""
-        batches = split_work(work, logits, spec.gpu_batches)
-        gpu = sum(self._layer.time(b.work, 0) for b in batches)
-        if work.prefill_tokens:
-            sequences = max(1, logits)
-            phase, prompt, context = "prefill", round(work.prefill_tokens / sequences), 0
-            gpu_attn = cpu_attn = 0.0
-        else:
-            sequences = max(1, work.decode_seqs)
-            phase, prompt = "decode", 0
-            context = round(work.decode_kv_tokens / sequences)
-            gpu_attn = sum(self._layer.attention_s(b.work) for b in batches)
-            cpu_attn = self._cpu.op_time(self._attn, work)
-        terms = layer_terms(
-            self.model,
-            self.machine,
-            self.precision,
-            spec,
-            phase,
-            prompt,
-            context,
-            gpu,
-            gpu_attn,
-            cpu_attn,
-            sequences,
-        )
-        first = Linear()
-        w_pcie = terms["ctog"].coef.get("weights.cpu", 0.0)
-        first.add(w_pcie, "weights.cpu", "weights.disk")
-        first.add(terms["dtoc"].coef.get("weights.disk", 0.0), "weights.disk")
-        return StepModel(terms, first, self._ends.time(work, logits), repeat)
+        """One step of `spec`'s block, priced exactly as the simulator prices it."""
+        return self.pricer.step(spec, work, logits, repeat)
 
     def steps(
         self, spec: OffloadSpec, prompt: int, output: int, representative: bool = False

@@ -73,6 +73,29 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v * 1e3:,.1f}"
 
 
+LATENCIES = (
+    ("ttft_s", "TTFT"),
+    ("tpot_s", "TPOT"),
+    ("e2e_s", "end-to-end"),
+    ("queue_s", "queueing"),
+)
+
+
+def latency_table(summary: dict[str, Any]) -> list[str]:
+    """Mean and percentiles of each latency, in ms — or in s when a run is long enough
+    that milliseconds would not fit the columns."""
+    stats = [summary[key] for key, _ in LATENCIES]
+    largest = max((v for st in stats for v in st.values() if v is not None), default=0.0)
+    unit, scale = ("s", 1.0) if largest >= 100.0 else ("ms", 1e3)
+    lines = ["", f"{f'latency ({unit})':<14}{'mean':>11}{'p50':>11}{'p90':>11}{'p99':>11}"]
+    for (_, label), st in zip(LATENCIES, stats, strict=True):
+        cells = [
+            "-" if st[k] is None else f"{st[k] * scale:,.1f}" for k in ("mean", "p50", "p90", "p99")
+        ]
+        lines.append(f"{label:<14}" + "".join(f"{c:>11}" for c in cells))
+    return lines
+
+
 def summary_table(summary: dict[str, Any]) -> str:
     """A compact, readable summary of one run."""
     lines = [
@@ -86,20 +109,8 @@ def summary_table(summary: dict[str, Any]) -> str:
         f"MFU {summary['mfu']:.1%}, HBM bandwidth {summary['mbu']:.1%}, "
         f"device busy {summary['device_utilization']:.1%}, "
         f"KV in use {summary['kv_utilization']:.1%} (peak {summary['kv_utilization_peak']:.1%})",
-        "",
-        f"{'latency (ms)':<14}{'mean':>10}{'p50':>10}{'p90':>10}{'p99':>10}",
     ]
-    for key, label in (
-        ("ttft_s", "TTFT"),
-        ("tpot_s", "TPOT"),
-        ("e2e_s", "end-to-end"),
-        ("queue_s", "queueing"),
-    ):
-        s = summary[key]
-        lines.append(
-            f"{label:<14}{_ms(s['mean']):>10}{_ms(s['p50']):>10}{_ms(s['p90']):>10}"
-            f"{_ms(s['p99']):>10}"
-        )
+    lines += latency_table(summary)
     cost = summary.get("cost") or {}
     if cost.get("usd_per_million_output_tokens"):
         lines.append(

@@ -17,16 +17,17 @@ single-stage replica charges.
 from __future__ import annotations
 
 from collections.abc import Generator
+from dataclasses import dataclass
 from typing import Any
 
 import simpy
 
-from sim.cost.roofline import RooflineKernel
+from sim.cost.roofline import OpKernel, RooflineKernel
 from sim.cost.stage import StageCost
 from sim.engine.pipeline import split_work
 from sim.model import Precision, Work, layer_plan
 from sim.modelspec import ModelSpec
-from sim.offload import Machine, OffloadSpec, layer_terms, tier_bytes
+from sim.offload import Linear, Machine, OffloadSpec, layer_terms, tier_bytes
 
 # The link each stream crosses (directed edges of the node graph).
 STREAM_LINKS = {
@@ -37,42 +38,42 @@ STREAM_LINKS = {
 }
 
 
-class OffloadExecutor:
-    def __init__(
-        self,
-        env: simpy.Environment,
-        model: ModelSpec,
-        precision: Precision,
-        spec: OffloadSpec,
-        machine: Machine,
-        stage: StageCost,
-        links: Any,
-    ):
-        self.env = env
-        self.model = model
-        self.precision = precision
-        self.spec = spec
-        self.machine = machine
-        self.values = spec.values()
-        self.busy = links.busy
-        graph = links.cluster.graph
-        for edge in STREAM_LINKS.values():  # name them for the link records
-            if graph.has_edge(*edge):
-                links.name(edge, links.cluster.link(*edge))
+@dataclass(frozen=True)
+class StepModel:
+    """One step of the block, `repeat` times: per-layer streams (linear in the
+    placement), the first layer's weight load, and the step's fixed seconds (embedding,
+    LM head)."""
+
+    terms: dict[str, Linear]
+    first: Linear
+    fixed_s: float
+    repeat: int = 1
+
+    def seconds(self, values: dict[str, float], n_layers: int) -> float:
+        slowest = max(term.at(values) for term in self.terms.values())
+        return self.repeat * (n_layers * slowest + self.first.at(values) + self.fixed_s)
+
+    def bound(self, values: dict[str, float]) -> str:
+        """The stream that sets the step's time."""
+        return max(self.terms, key=lambda name: self.terms[name].at(values))
+
+
+class StepPricer:
+    """Prices a step of a block for any placement: what the simulator charges and what
+    the policy search (sim.offload_search) optimises — one model, so they agree."""
+
+    def __init__(self, model: ModelSpec, precision: Precision, machine: Machine, kernel: OpKernel):
+        self.model, self.precision, self.machine = model, precision, machine
         plan = layer_plan(model, 1, precision)
-        kernel = stage.kernel
         self._layer = StageCost(plan, 1, kernel, None, first=False, last=False)
         self._ends = StageCost(plan, 0, kernel, None, first=True, last=True)
         self._cpu = RooflineKernel(
             machine.cpu, Precision("fp32", "fp32", precision.kv, precision.group_size)
         )
         self._attn = next(o for o in plan.ops if o.kind == "attn_decode")
-        self.cpu_busy_s = 0.0
-        self.gpu_busy_s = 0.0
 
-    def step_seconds(self, work: Work, logits: int) -> tuple[float, dict[str, float]]:
-        """Seconds of one step of the block, and each stream's seconds per layer."""
-        batches = split_work(work, logits, self.spec.gpu_batches)
+    def step(self, spec: OffloadSpec, work: Work, logits: int, repeat: int = 1) -> StepModel:
+        batches = split_work(work, logits, spec.gpu_batches)
         gpu = sum(self._layer.time(b.work, 0) for b in batches)
         if work.prefill_tokens:
             sequences = max(1, logits)
@@ -88,7 +89,7 @@ class OffloadExecutor:
             self.model,
             self.machine,
             self.precision,
-            self.spec,
+            spec,
             phase,
             prompt,
             context,
@@ -97,15 +98,42 @@ class OffloadExecutor:
             cpu_attn,
             sequences,
         )
-        per_layer = {name: term.at(self.values) for name, term in terms.items()}
         # The first layer's weights must arrive before anything can overlap them.
-        streamed = self.values["weights.cpu"] + self.values["weights.disk"]
-        first = (
-            terms["ctog"].coef.get("weights.cpu", 0.0) * streamed
-            + terms["dtoc"].coef.get("weights.disk", 0.0) * self.values["weights.disk"]
-        )
-        total = self.model.n_layers * max(per_layer.values()) + first
-        return total + self._ends.time(work, logits), per_layer
+        first = Linear()
+        first.add(terms["ctog"].coef.get("weights.cpu", 0.0), "weights.cpu", "weights.disk")
+        first.add(terms["dtoc"].coef.get("weights.disk", 0.0), "weights.disk")
+        return StepModel(terms, first, self._ends.time(work, logits), repeat)
+
+
+class OffloadExecutor:
+    def __init__(
+        self,
+        env: simpy.Environment,
+        model: ModelSpec,
+        precision: Precision,
+        spec: OffloadSpec,
+        machine: Machine,
+        stage: StageCost,
+        links: Any,
+    ):
+        self.env = env
+        self.model = model
+        self.spec = spec
+        self.values = spec.values()
+        self.busy = links.busy
+        graph = links.cluster.graph
+        for edge in STREAM_LINKS.values():  # name them for the link records
+            if graph.has_edge(*edge):
+                links.name(edge, links.cluster.link(*edge))
+        self.pricer = StepPricer(model, precision, machine, stage.kernel)
+        self.cpu_busy_s = 0.0
+        self.gpu_busy_s = 0.0
+
+    def step_seconds(self, work: Work, logits: int) -> tuple[float, dict[str, float]]:
+        """Seconds of one step of the block, and each stream's seconds per layer."""
+        step = self.pricer.step(self.spec, work, logits)
+        per_layer = {name: term.at(self.values) for name, term in step.terms.items()}
+        return step.seconds(self.values, self.model.n_layers), per_layer
 
     def run_step(self, work: Work, logits: int) -> Generator[Any, Any, float]:
         """Hold the clock for the step; account each link and processor for its stream."""

@@ -196,6 +196,7 @@ def plan_replica(
     usable = cluster.device.memory_bytes * params.gpu_memory_utilization
     bs = params.block_size
     if s.offload is not None:  # tiers are checked by the offload plan; KV may live anywhere
+        # weight_bytes then holds everything the placement keeps on the GPU at its peak.
         gpu = offload_capacity(s, cluster, precision)
         weights = [gpu]
         blocks = (1 << 40) // bs
