@@ -17,6 +17,13 @@ from sim.errors import LlmsimError
 EXIT_BAD_INPUT = 2
 
 
+def add_overrides(p: argparse.ArgumentParser, help: str) -> None:
+    """The `--set KEY=VALUE` option every scenario-taking command shares."""
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help
+    )
+
+
 def _json_default(obj: Any) -> Any:
     if hasattr(obj, "item"):
         return obj.item()

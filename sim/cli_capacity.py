@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from sim.cli import add_overrides
 from sim.errors import LlmsimError
 
 if TYPE_CHECKING:
@@ -42,14 +43,7 @@ def setup(sub: argparse._SubParsersAction) -> None:
         default="0.25,0.5,0.75,0.9,1,1.1,1.25",
         help="curve loads as multiples of the capacity, comma-separated ('' for none)",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any key, e.g. --set parallel.tp=4 (repeatable)",
-    )
+    add_overrides(p, "override any key, e.g. --set parallel.tp=4 (repeatable)")
     p.add_argument("--jobs", type=int, default=1, help="worker processes (1)")
     p.add_argument("--out", help="output directory (default results/capacity-<name>)")
     p.add_argument("--json", action="store_true", help="print capacity.json's object")

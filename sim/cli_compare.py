@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from sim.cli import add_overrides
 from sim.errors import LlmsimError
 
 EXIT_BAD_INPUT = 2
@@ -37,14 +38,7 @@ def setup(sub: argparse._SubParsersAction) -> None:
         help="vary one key over YAML values (split on top-level commas); "
         "K1:K2=A1:A2,B1:B2 varies keys together; several --vary form a product",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a key in every variant (applied after the variant's own keys)",
-    )
+    add_overrides(p, "override a key in every variant (applied after the variant's own keys)")
     p.add_argument("--out", help="output directory (default: results/compare-<scenario name>)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument(

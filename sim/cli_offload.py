@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
+from sim.cli import add_overrides
 from sim.errors import LlmsimError
 
 if TYPE_CHECKING:
@@ -55,14 +56,7 @@ def setup(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-simulate", action="store_true", help="skip the simulator check of each policy"
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any key, e.g. --set workload.prompt.value=1024 (repeatable)",
-    )
+    add_overrides(p, "override any key, e.g. --set workload.prompt.value=1024 (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 

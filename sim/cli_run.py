@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from sim.cli import add_overrides
 from sim.errors import LlmsimError
 
 
@@ -18,14 +19,7 @@ def setup(sub: argparse._SubParsersAction) -> None:
         "the scenario's output.dir), and prints a summary table.",
     )
     p.add_argument("scenario", help="scenario YAML path or catalog name")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any key, e.g. --set parallel.tp=2 (repeatable)",
-    )
+    add_overrides(p, "override any key, e.g. --set parallel.tp=2 (repeatable)")
     p.add_argument("--out", help="results directory (default: the scenario's output.dir)")
     p.add_argument("--format", choices=["parquet", "csv"], help="record format")
     p.add_argument("--no-records", action="store_true", help="write summary.json only")

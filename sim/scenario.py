@@ -147,17 +147,21 @@ class SchedulerSpec(Spec):
         return POLICIES[self.policy].Params.model_validate(self.params)
 
 
+def _known_router(value: str) -> str:
+    from sim.engine.router import ROUTERS
+
+    if value not in ROUTERS:
+        raise ValueError(f"unknown router {value!r}; valid routers: {', '.join(ROUTERS)}")
+    return value
+
+
 class RouterSpec(Spec):
     policy: str = "round-robin"
 
     @field_validator("policy")
     @classmethod
     def _known(cls, value: str) -> str:
-        from sim.engine.router import ROUTERS
-
-        if value not in ROUTERS:
-            raise ValueError(f"unknown router {value!r}; valid routers: {', '.join(ROUTERS)}")
-        return value
+        return _known_router(value)
 
 
 class OutputSpec(Spec):
@@ -199,11 +203,7 @@ class DisaggregationSpec(Spec):
     @field_validator("decode_router")
     @classmethod
     def _router(cls, value: str) -> str:
-        from sim.engine.router import ROUTERS
-
-        if value not in ROUTERS:
-            raise ValueError(f"unknown router {value!r}; valid routers: {', '.join(ROUTERS)}")
-        return value
+        return _known_router(value)
 
 
 class CompareSpec(Spec):

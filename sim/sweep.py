@@ -429,7 +429,7 @@ def _run_metrics(scenario: Scenario) -> dict[str, Any]:
 
 
 def _capacity_metrics(scenario: Scenario, options: dict[str, Any]) -> dict[str, Any]:
-    from sim.search import capacity
+    from sim.search import CURVE_METRICS, capacity
 
     r = capacity(scenario, jobs=1, loads=(), **options)
     at = r.at_capacity
@@ -443,16 +443,7 @@ def _capacity_metrics(scenario: Scenario, options: dict[str, Any]) -> dict[str, 
     }
     if at is not None:
         metrics["attainment"] = at.attainment
-        for name in (
-            "throughput_rps",
-            "goodput_rps",
-            "output_tokens_per_s",
-            "ttft_p50_s",
-            "ttft_p99_s",
-            "tpot_p50_s",
-            "tpot_p99_s",
-            "usd_per_million_output_tokens",
-        ):
+        for name in CURVE_METRICS:
             metrics[name] = at.mean(name)
     notes = [r.note, *r.warnings] if r.note else list(r.warnings)
     if notes:

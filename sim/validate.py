@@ -561,19 +561,15 @@ _HANDLERS: list[tuple[re.Pattern[str], Handler]] = [
 
 def _not_covered(entry: dict[str, Any], opts: _Options) -> list[Row]:
     reason = _NOT_COVERED.get(entry["id"], "no model of this entry in the suite yet")
+    return [_unpriced_row(entry, reason, NOT_REPRODUCIBLE)]
+
+
+def _unpriced_row(entry: dict[str, Any], reason: str, status: str) -> Row:
+    """A row for an entry the suite measured but does not price (no simulated value)."""
     measured = entry.get("value")
     number = float(measured) if isinstance(measured, int | float) else None
-    return [
-        Row(
-            entry["id"],
-            str(entry.get("metric", "")),
-            number,
-            None,
-            str(entry.get("unit", "") or ""),
-            reason,
-            NOT_REPRODUCIBLE,
-        )
-    ]
+    unit = str(entry.get("unit", "") or "")
+    return Row(entry["id"], str(entry.get("metric", "")), number, None, unit, reason, status)
 
 
 def _rows_for(entry: Any, index: int, opts: _Options) -> list[Row]:
@@ -586,19 +582,7 @@ def _rows_for(entry: Any, index: int, opts: _Options) -> list[Row]:
         reason = exc.line() if isinstance(exc, LlmsimError) else str(exc)
     except (KeyError, TypeError, ValueError) as exc:
         reason = f"malformed entry ({type(exc).__name__}: {exc})"
-    measured = entry.get("value")
-    number = float(measured) if isinstance(measured, int | float) else None
-    return [
-        Row(
-            entry["id"],
-            str(entry.get("metric", "")),
-            number,
-            None,
-            str(entry.get("unit", "") or ""),
-            f"skipped: {reason}",
-            SKIPPED,
-        )
-    ]
+    return [_unpriced_row(entry, f"skipped: {reason}", SKIPPED)]
 
 
 def validate(

@@ -353,22 +353,17 @@ class CollectiveModel:
 
     def reduce_scatter_s(self, size_bytes: float) -> float:
         """Reduce-scatter of a `size_bytes` buffer; each device keeps 1/n of it."""
-        if self.n <= 1 or size_bytes <= 0:
-            return 0.0
-        fit = self._fit_s("reduce_scatter", size_bytes)
-        if fit is not None:
-            return fit
-        t = self._rs_s(size_bytes)
-        if self.box is not None:
-            t = min(t, self._torus_rs_s(size_bytes))
-        return self.launch_s + t
+        return self._scatter_s("reduce_scatter", size_bytes)
 
     def all_gather_s(self, size_bytes: float) -> float:
         """All-gather whose gathered result is `size_bytes` on every device (a
         reduce-scatter run backwards: the same steps and bytes)."""
+        return self._scatter_s("all_gather", size_bytes)
+
+    def _scatter_s(self, kind: str, size_bytes: float) -> float:
         if self.n <= 1 or size_bytes <= 0:
             return 0.0
-        fit = self._fit_s("all_gather", size_bytes)
+        fit = self._fit_s(kind, size_bytes)
         if fit is not None:
             return fit
         t = self._rs_s(size_bytes)
