@@ -24,7 +24,7 @@ GROUPS = (
     ("gpt-fast batch-1 decode", lambda i: i.startswith("gptfast")),
     ("TensorRT-LLM max throughput, H100", lambda i: i.startswith("trtllm") and "H100" in i),
     ("TensorRT-LLM max throughput, H200", lambda i: i.startswith("trtllm") and "H200" in i),
-    ("DistServe colocated goodput", lambda i: i.startswith("distserve")),
+    ("DistServe Fig. 1 goodput", lambda i: i.startswith("distserve")),
 )
 
 
