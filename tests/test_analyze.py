@@ -7,8 +7,8 @@ import json
 import pytest
 
 from sim.analyze import analyze, layers_per_stage
-from sim.cli import main
 from sim.errors import LlmsimError
+from tests.cli_helpers import run_cli
 
 REQUIRED_KEYS = {
     "params",
@@ -25,12 +25,6 @@ REQUIRED_KEYS = {
     "prefill_latency_floor_s",
     "decode_latency_floor_s",
 }
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_analyze_json_has_the_promised_keys(capsys):

@@ -10,16 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sim.cli import main
+from tests.cli_helpers import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ROOT / "scenarios" / "quickstart.yaml"
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def small(tmp_path: Path, **changes) -> Path:

@@ -26,6 +26,7 @@ from sim.compare import (
     split_top_level,
 )
 from sim.errors import LlmsimError
+from tests.cli_helpers import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ROOT / "scenarios" / "quickstart.yaml"
@@ -42,12 +43,6 @@ def small(tmp_path: Path, **top: Any) -> Path:
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 # ------------------------------------------------------------------ --vary parsing

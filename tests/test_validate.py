@@ -11,7 +11,6 @@ import yaml
 
 from sim import catalog
 from sim.analyze import analyze
-from sim.cli import main
 from sim.errors import LlmsimError
 from sim.model import kv_bytes_per_token, total_params
 from sim.validate import (
@@ -24,6 +23,7 @@ from sim.validate import (
     summarize,
     validate,
 )
+from tests.cli_helpers import run_cli
 
 DATA = default_data_path()
 needs_data = pytest.mark.skipif(
@@ -33,12 +33,6 @@ needs_data = pytest.mark.skipif(
 # Entries of the shared file the suite reproduces, and the rows each must give a number.
 REPRODUCIBLE_PREFIXES = ("gptfast_", "trtllm_", "vllm_table1_memory/", "vllm_opt13b_kv")
 QUICK_REQUESTS = 2000  # cap on the throughput benchmarks' requests in tests
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def write_data(tmp_path: Path, entries: list[dict]) -> Path:
