@@ -208,3 +208,39 @@ def test_1d_errors_name_the_layout_and_weight_gathered_takes_any_tp():
     cluster = build_cluster(catalog.load_cluster("dgx-h100"))
     with pytest.raises(LlmsimError, match="got 2 devices"):
         build_layout(ONE_D, model, 4, BF16, cluster, (0, 1))
+
+
+def test_a_layout_that_prices_attention_by_batch_sizes_and_balances_by_batch_too():
+    """2D on tp=8 of a 12-head model prices attention as an even share of sequences:
+    the balanced layer split and the KV cache size follow that same split."""
+    from sim.engine.run import plan_attention, plan_replica, simulate
+    from sim.model import kv_bytes_per_token_per_device
+    from sim.scenario import load_scenario
+
+    s = load_scenario(
+        {
+            "name": "2d-uneven-heads",
+            "cluster": "dgx-a100-x2",
+            "model": "gpt3-125m",
+            "parallel": {
+                "tp": 8,
+                "pp": 2,
+                "tp_layout": TWO_D,
+                "pipeline": {"layer_split": "balanced"},
+            },
+            "workload": {
+                "requests": 10,
+                "arrival": {"process": "poisson", "rate": 5},
+                "prompt": {"dist": "fixed", "value": 64},
+                "output": {"dist": "fixed", "value": 8},
+            },
+        }
+    )
+    assert plan_attention(s) == "batch"
+    cluster = build_cluster(s.cluster)
+    sizes = plan_replica(s, cluster, BF16)
+    model = s.model
+    assert sizes.kv_bytes_per_token == [
+        kv_bytes_per_token_per_device(model, 8, n, "bf16", "batch") for n in sizes.stages
+    ]
+    assert simulate(s, records=False).summary["finished"] == 10

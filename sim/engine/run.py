@@ -120,6 +120,13 @@ class ReplicaPlan:
     block_bytes: float  # of the most KV-loaded stage's device
 
 
+def plan_attention(s: Scenario) -> str:
+    """How the compute plan and the KV cache split attention (see `compute_attention`):
+    the one answer every sizing and pricing of a replica uses."""
+    par = s.parallel
+    return compute_attention(par.tp_layout, s.model, par.tp, par.attention)
+
+
 def stage_layers(s: Scenario, kernel: OpKernel | None = None) -> list[int]:
     """Layers per pipeline stage: given, even, or balanced by cost (the first stage also
     runs the embedding and the last the LM head, so they take fewer layers)."""
@@ -130,7 +137,7 @@ def stage_layers(s: Scenario, kernel: OpKernel | None = None) -> list[int]:
     if par.pipeline.layer_split == "even" or par.pp == 1 or kernel is None:
         return even
     # Balance a reference step: a decode of 64 sequences at 1024 tokens of context.
-    plan = layer_plan(model, par.tp, kernel.precision, par.attention)
+    plan = layer_plan(model, par.tp, kernel.precision, plan_attention(s))
     work = Work.decode(64, 1024)
     one = StageCost(plan, 1, kernel, None, first=False, last=False).time(work, 0)
     first = StageCost(plan, 0, kernel, None, first=True, last=False).time(work, 0)
@@ -190,8 +197,9 @@ def plan_replica(
     )
     cap = min(cap, getattr(params, "token_budget", cap))
     workspace = activation_workspace_bytes(model, cap, par.tp, precision) + layout_workspace
+    attention = plan_attention(s)
     per_token = [
-        kv_bytes_per_token_per_device(model, par.tp, n, precision.kv, par.attention) for n in stages
+        kv_bytes_per_token_per_device(model, par.tp, n, precision.kv, attention) for n in stages
     ]
     usable = cluster.device.memory_bytes * params.gpu_memory_utilization
     bs = params.block_size
@@ -299,12 +307,7 @@ def build_replicas(
     """`s.parallel.replicas` replicas on `cluster` from device `first_device` on."""
     precision = s.precision.build()
     model, par = s.model, s.parallel
-    plan = layer_plan(
-        model,
-        par.tp,
-        precision,
-        compute_attention(par.tp_layout, model, par.tp, par.attention),
-    )
+    plan = layer_plan(model, par.tp, precision, plan_attention(s))
     try:
         kernel, profile = make_kernel(cluster.device, precision, s.engine.cost)
     except LlmsimError as exc:
