@@ -304,6 +304,12 @@ def op_flops(op: Op, work: Work) -> float:
     return 0.0
 
 
+def kv_read_bytes_per_token(op: Op, precision: Precision) -> float:
+    """KV bytes an attention op reads on this device per token of context (its share
+    of the sequences when attention is split by batch)."""
+    return 2.0 * op.kv_heads * op.head_dim * precision.kv_bytes * op.share
+
+
 def op_bytes(op: Op, work: Work, precision: Precision) -> float:
     a, kvb = precision.a_bytes, precision.kv_bytes
     if op.kind == "gemm":

@@ -4,6 +4,7 @@ exactness of the leaps over quiet decode stretches."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -162,6 +163,21 @@ def test_leaps_give_the_same_results_as_stepping(sched, model):
     assert leap.iterations["tokens_out"].sum() == step.iterations["tokens_out"].sum()
     for key in ("mfu", "mbu", "device_utilization"):
         assert leap.summary[key] == pytest.approx(step.summary[key], rel=1e-9)
+
+
+def test_leaps_count_the_bytes_of_batch_sharded_attention_like_steps():
+    """Attention split by batch (PaLM's multiquery layout): a leap reads each device's
+    share of the KV cache, as the single steps do."""
+    path = Path(__file__).resolve().parent.parent / "scenarios" / "palm-540b-tpu-v4-layouts.yaml"
+    s = load_scenario(path, ["workload.requests=8", "scheduler.batch_size=8"])
+    assert s.parallel.attention == "batch"
+    leap = simulate(s, records=False)
+    step = simulate(
+        s.model_copy(update={"engine": s.engine.model_copy(update={"leap": False})}),
+        records=False,
+    )
+    assert leap.events < step.events
+    assert leap.summary["mbu"] == pytest.approx(step.summary["mbu"], rel=1e-9)
 
 
 def test_md1_mean_wait_matches_queueing_theory():

@@ -24,7 +24,16 @@ from sim.calibrate.fit import ScalarCurve, SurfacePoint, curve_at
 from sim.calibrate.profile import Profile
 from sim.cost.roofline import RooflineKernel, floor_time
 from sim.hardware import DeviceSpec
-from sim.model import Op, Precision, Work, moe_active_experts, op_active, op_bytes, op_flops
+from sim.model import (
+    Op,
+    Precision,
+    Work,
+    kv_read_bytes_per_token,
+    moe_active_experts,
+    op_active,
+    op_bytes,
+    op_flops,
+)
 from sim.units import dtype_bytes
 
 STREAM_FAMILY = {
@@ -96,7 +105,7 @@ class CalibratedKernel:
             eff = self._prefill_eff(math.log2(max(flops, 1.0)))
             return att.prefill_launch_s + flops / (self.flops_per_s * eff)
         if op.kind == "attn_decode" and att is not None and self._decode_eff is not None:
-            kv = float(work.decode_kv_tokens) * self._kv_per_token(op)
+            kv = float(work.decode_kv_tokens) * kv_read_bytes_per_token(op, self.precision)
             eff = self._decode_eff(math.log2(max(kv, 1.0)))
             return att.decode_launch_s + kv / (self.bytes_per_s * eff)
         family = STREAM_FAMILY.get(op.name)
@@ -107,20 +116,12 @@ class CalibratedKernel:
             return launch + moved / (self.bytes_per_s * curve(math.log2(max(moved, 1.0))))
         return self.fallback.op_time(op, work)
 
-    def _kv_per_token(self, op: Op) -> float:
-        """KV bytes this device reads per token of the batch (its share of sequences)."""
-        return 2.0 * op.kv_heads * op.head_dim * self.precision.kv_bytes * op.share
-
-    def _kv_bytes(self, op: Op, kv_tokens: np.ndarray) -> np.ndarray:
-        out: np.ndarray = kv_tokens * self._kv_per_token(op)
-        return out
-
     def decode_attention_times(self, op: Op, seqs: int, kv_tokens: np.ndarray) -> np.ndarray:
         """Vectorised `op_time` of decode attention over many KV totals."""
         att = self.fit.attention
         if att is None or seqs == 0:
             return self.fallback.decode_attention_times(op, seqs, kv_tokens)
-        kv = np.asarray(self._kv_bytes(op, kv_tokens), dtype=float)
+        kv = np.asarray(kv_tokens * kv_read_bytes_per_token(op, self.precision), dtype=float)
         eff = curve_at(att.decode_memory, np.log2(np.maximum(kv, 1.0)))
         t = att.decode_launch_s + kv / (self.bytes_per_s * eff)
         floor = self.fallback_floor(op, seqs, kv_tokens)

@@ -20,6 +20,7 @@ from sim.model import (
     Precision,
     Work,
     dequant_flops,
+    kv_read_bytes_per_token,
     op_active,
     op_bytes,
     op_flops,
@@ -63,7 +64,7 @@ class RooflineKernel:
             return np.zeros_like(kv_tokens)
         p = self.precision
         per_kv_flops = 4.0 * op.heads * op.head_dim * op.share
-        per_kv_bytes = 2.0 * op.kv_heads * op.head_dim * p.kv_bytes * op.share
+        per_kv_bytes = kv_read_bytes_per_token(op, p)
         fixed_bytes = (
             seqs
             * op.share

@@ -15,7 +15,7 @@ import numpy as np
 
 from sim.cost.layouts import Layout
 from sim.cost.roofline import OpKernel
-from sim.model import LayerPlan, Op, Work, op_bytes, op_flops
+from sim.model import LayerPlan, Op, Work, kv_read_bytes_per_token, op_bytes, op_flops
 
 
 class StageCost:
@@ -127,7 +127,7 @@ class StageCost:
         """HBM bytes of `steps` decode steps, per device."""
         kv_total = steps * kv0 + growth * steps * (steps - 1) / 2
         op = self._decode
-        per_kv = 2.0 * op.kv_heads * op.head_dim * self.plan.precision.kv_bytes
+        per_kv = kv_read_bytes_per_token(op, self.plan.precision)
         fixed = self.bytes(Work(tokens=seqs, decode_seqs=seqs))
         return steps * fixed + per_kv * kv_total * self.n_layers
 
