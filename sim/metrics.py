@@ -262,10 +262,9 @@ def link_frame(replicas: list[Replica], pool: LinkPool, end_s: float) -> pd.Data
     busy: dict[tuple[str, str], float] = dict(pool.busy)
     for rep in replicas:
         for stage in rep.stages:
-            layout = stage.cost.layout
-            if layout is None or stage.comm_s <= 0:
+            if stage.comm_s <= 0:
                 continue
-            for edge in layout.links():
+            for edge in stage.links:
                 named = rep.links.name(edge, rep.links.cluster.link(*edge))
                 busy[named] = busy.get(named, 0.0) + stage.comm_s
     rows = [

@@ -180,6 +180,18 @@ def test_leaps_count_the_bytes_of_batch_sharded_attention_like_steps():
     assert leap.summary["mbu"] == pytest.approx(step.summary["mbu"], rel=1e-9)
 
 
+def test_each_replica_charges_its_own_tp_links():
+    """Two TP-4 replicas on one DGX H100: each group's all-reduces occupy its own
+    NVSwitch links (the replicas share one memoised cost, not their links)."""
+    path = Path(__file__).resolve().parent.parent / "scenarios" / "llama-2-70b-dgx-h100-tp4x2.yaml"
+    r = simulate(load_scenario(path, ["workload.requests=60"]))
+    busy = dict(zip(r.links["link"], r.links["busy_s"], strict=True))
+    comm = dict(zip(r.devices["device"], r.devices["comm_s"], strict=True))
+    assert len(busy) == 16 and comm[0] != comm[4]
+    for d in range(8):
+        assert busy[f"dev{d}->nvsw0"] == busy[f"nvsw0->dev{d}"] == comm[d] > 0
+
+
 def test_md1_mean_wait_matches_queueing_theory():
     """One replica, one request at a time, fixed prompt and one output token: a fixed
     service time D. Poisson arrivals at ρ = 0.7 give the M/D/1 mean wait

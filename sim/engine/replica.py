@@ -40,8 +40,9 @@ class Stage:
 
     index: int
     devices: tuple[int, ...]
-    cost: StageCost
+    cost: StageCost  # may be shared with other replicas' stages of the same cost
     resource: simpy.Resource
+    links: tuple[tuple[str, str], ...] = ()  # what this group's TP collectives occupy
     busy_s: float = 0.0
     comm_s: float = 0.0
     flops: float = 0.0  # per device

@@ -340,7 +340,8 @@ def build_replicas(
                 first, last = i == 0, i == len(sizes.stages) - 1
                 cost = StageCost(plan, layers, kernel, layout, first=first, last=last)
                 shared_costs[key] = cost
-            stages.append(Stage(i, devices, cost, simpy.Resource(env, 1)))
+            links = layout.links() if layout is not None else ()
+            stages.append(Stage(i, devices, cost, simpy.Resource(env, 1), links))
         sends = [
             pool.path(f"dev{stages[i].devices[0]}", f"dev{stages[i + 1].devices[0]}")
             for i in range(len(stages) - 1)
