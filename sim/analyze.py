@@ -182,9 +182,9 @@ def analyze(
     layers_per_stage(spec.n_layers, pp)
 
     w_dev = weight_bytes_per_device(spec, tp, pp, precision)
-    kv_tok = kv_bytes_per_token(spec, precision.kv)
+    kv_tok = kv_bytes_per_token(spec, precision)
     kv_tok_dev = kv_bytes_per_token_per_device(
-        spec, tp, layers_per_stage(spec.n_layers, pp)[0], precision.kv
+        spec, tp, layers_per_stage(spec.n_layers, pp)[0], precision
     )
     kept = kv_tokens_kept(spec, prompt + output)
     workspace_tokens = max(prompt, 2048)

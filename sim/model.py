@@ -492,22 +492,32 @@ def embedding_weight_elems(model: ModelSpec, tp: int) -> float:
     return elems + norm_params(model)
 
 
+def kv_value_bytes(kv: str | Precision) -> float:
+    """Bytes of one cached K or V value: a dtype's size, or a precision's (whose
+    group-wise quantised KV also carries its scales and zeros)."""
+    return kv.kv_bytes if isinstance(kv, Precision) else dtype_bytes(kv)
+
+
 def kv_bytes_per_token_per_device(
-    model: ModelSpec, tp: int, layers: int, kv_dtype: str = "bf16", attention: str = "heads"
+    model: ModelSpec,
+    tp: int,
+    layers: int,
+    kv_dtype: str | Precision = "bf16",
+    attention: str = "heads",
 ) -> float:
     """KV bytes one device of a TP group keeps per token of the batch, for `layers`
     layers: its K/V heads when attention is split by heads (replicated below one head a
     device), or 1/tp of every token's K/V when split by batch (whole sequences live on
     one device)."""
-    size = dtype_bytes(kv_dtype)
+    size = kv_value_bytes(kv_dtype)
     if attention == "batch" and tp > 1:
         return 2.0 * layers * model.kv_dim * size / tp
     return 2.0 * layers * max(1, model.kv_heads // tp) * model.head_dim * size
 
 
-def kv_bytes_per_token(model: ModelSpec, kv_dtype: str = "bf16") -> float:
+def kv_bytes_per_token(model: ModelSpec, kv_dtype: str | Precision = "bf16") -> float:
     """2 (K and V) · n_layers · n_kv_heads · d_head · bytes: 4·l·d in bf16 for MHA."""
-    return 2.0 * model.n_layers * model.kv_dim * dtype_bytes(kv_dtype)
+    return 2.0 * model.n_layers * model.kv_dim * kv_value_bytes(kv_dtype)
 
 
 def kv_tokens_kept(model: ModelSpec, context: int) -> int:
@@ -518,7 +528,7 @@ def kv_tokens_kept(model: ModelSpec, context: int) -> int:
 
 
 def kv_bytes_peak(
-    model: ModelSpec, batch: int, prompt: int, output: int, kv_dtype: str = "bf16"
+    model: ModelSpec, batch: int, prompt: int, output: int, kv_dtype: str | Precision = "bf16"
 ) -> float:
     """bytes · 2 · b · l · h · (s + n): the KV cache at the end of generation."""
     return batch * kv_tokens_kept(model, prompt + output) * kv_bytes_per_token(model, kv_dtype)

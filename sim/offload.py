@@ -139,7 +139,7 @@ def layer_terms(
     delegation can take away), `cpu_attention_time` the CPU's time for the attention
     over all of the block's KV; `sequences` the block's sequences (default: a full one)."""
     b = spec.block if sequences is None else sequences
-    kv_layer = kv_bytes_per_token(model, precision.kv) / model.n_layers  # per token
+    kv_layer = kv_bytes_per_token(model, precision) / model.n_layers  # per token
     w_layer = layer_weight_elems(model, 1) * precision.w_bytes
     act = model.d_model * precision.a_bytes  # one token's hidden state
     t = {name: Linear() for name in STREAMS}
@@ -191,7 +191,7 @@ def tier_bytes(
     workspace of one GPU batch."""
     w_layer = layer_weight_elems(model, 1) * precision.w_bytes
     weights = model.n_layers * w_layer
-    kv = spec.block * (prompt + output) * kv_bytes_per_token(model, precision.kv)
+    kv = spec.block * (prompt + output) * kv_bytes_per_token(model, precision)
     act = spec.block * prompt * model.d_model * precision.a_bytes
     tiers = {tier: Linear() for tier in TIERS}
     for tier in TIERS:

@@ -14,6 +14,8 @@ from sim.model import (
     active_params,
     check_tp,
     flops_per_token,
+    kv_bytes_per_token,
+    kv_bytes_per_token_per_device,
     layer_params,
     layer_plan,
     layer_weight_elems,
@@ -133,3 +135,15 @@ def test_flops_and_bytes_never_negative_and_monotone(name, tokens, kv):
     b = Work(tokens=tokens + 1, decode_seqs=tokens + 1, decode_kv_tokens=kv + 1)
     assert 0 <= plan.flops(a) <= plan.flops(b)
     assert 0 < plan.bytes(a) <= plan.bytes(b)
+
+
+def test_quantised_kv_sizes_carry_their_group_scales():
+    """int8/int4 KV: each group of values keeps an fp16 scale and zero, in the cache's
+    size as in the bytes attention reads."""
+    m = load_model("llama-2-7b")
+    int4 = Precision(kv="int4", group_size=32)
+    per_value = 0.5 + 4 / 32
+    assert kv_bytes_per_token(m, int4) == 2.0 * m.n_layers * m.kv_dim * per_value
+    assert kv_bytes_per_token(m, int4) > kv_bytes_per_token(m, "int4")
+    assert kv_bytes_per_token_per_device(m, 2, 16, int4) == 2.0 * 16 * (m.kv_dim / 2) * per_value
+    assert kv_bytes_per_token(m, Precision()) == kv_bytes_per_token(m, "bf16")

@@ -199,7 +199,7 @@ def plan_replica(
     workspace = activation_workspace_bytes(model, cap, par.tp, precision) + layout_workspace
     attention = plan_attention(s)
     per_token = [
-        kv_bytes_per_token_per_device(model, par.tp, n, precision.kv, attention) for n in stages
+        kv_bytes_per_token_per_device(model, par.tp, n, precision, attention) for n in stages
     ]
     usable = cluster.device.memory_bytes * params.gpu_memory_utilization
     bs = params.block_size
@@ -453,7 +453,7 @@ def build_disaggregated(
         decode,
         ROUTERS[dis.decode_router](rng),
         paths,
-        kv_bytes_per_token(s.model, precision.kv),
+        kv_bytes_per_token(s.model, precision),
         layerwise,
         pool.busy,
     )
