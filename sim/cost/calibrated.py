@@ -22,7 +22,7 @@ import numpy as np
 
 from sim.calibrate.fit import ScalarCurve, SurfacePoint, curve_at
 from sim.calibrate.profile import Profile
-from sim.cost.roofline import RooflineKernel, floor_time
+from sim.cost.roofline import RooflineKernel
 from sim.hardware import DeviceSpec
 from sim.model import (
     Op,
@@ -94,7 +94,7 @@ class CalibratedKernel:
         if op.kind == "all_reduce" or not op_active(op, work):
             return 0.0
         t = self._time(op, work)
-        return max(t, floor_time(self.device, self.precision, op, work))
+        return max(t, self._ideal.op_time(op, work))  # never below the roofline
 
     def _time(self, op: Op, work: Work) -> float:
         if op.kind == "gemm" and self.fit.gemm is not None:
@@ -124,13 +124,8 @@ class CalibratedKernel:
         kv = np.asarray(kv_tokens * kv_read_bytes_per_token(op, self.precision), dtype=float)
         eff = curve_at(att.decode_memory, np.log2(np.maximum(kv, 1.0)))
         t = att.decode_launch_s + kv / (self.bytes_per_s * eff)
-        floor = self.fallback_floor(op, seqs, kv_tokens)
-        out: np.ndarray = np.maximum(t, floor)
+        out: np.ndarray = np.maximum(t, self._ideal.decode_attention_times(op, seqs, kv_tokens))
         return out
-
-    def fallback_floor(self, op: Op, seqs: int, kv_tokens: np.ndarray) -> np.ndarray:
-        """The physical floor of decode attention (the ideal roofline, vectorised)."""
-        return self._ideal.decode_attention_times(op, seqs, kv_tokens)
 
     # ------------------------------------------------------------------ GEMMs
     def _roofline(self, m: float, n: int, k: int) -> float:

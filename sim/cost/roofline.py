@@ -35,6 +35,8 @@ class OpKernel(Protocol):
 
     def op_time(self, op: Op, work: Work) -> float: ...
 
+    def decode_attention_times(self, op: Op, seqs: int, kv_tokens: np.ndarray) -> np.ndarray: ...
+
     def source(self, op: Op) -> str: ...
 
 
@@ -87,10 +89,4 @@ class RooflineKernel:
 
 def floor_time(device: DeviceSpec, precision: Precision, op: Op, work: Work) -> float:
     """The physical lower bound of an op: peak FLOP/s and peak bandwidth, no overhead."""
-    if op.kind == "all_reduce" or not op_active(op, work):
-        return 0.0
-    return max(
-        op_flops(op, work) / device.flops(precision.compute_dtype),
-        op_bytes(op, work, precision) / device.memory_bandwidth_bytes_per_s,
-        dequant_flops(op, work, precision) / device.flops("fp32"),
-    )
+    return RooflineKernel(device, precision, ideal=True).op_time(op, work)

@@ -49,7 +49,6 @@ class StageCost:
         self._flops_per_token: dict[int, float] = {}
         self._bytes_per_token: dict[int, float] = {}
         self._lm: dict[int, float] = {}
-        self._decode_lin: dict[int, tuple[float, float, float, float]] = {}
 
     # ------------------------------------------------------------------ components
     def token_part_s(self, tokens: int) -> float:
@@ -139,15 +138,5 @@ class StageCost:
         return fixed + self.n_layers * self.kernel_decode_times(seqs, kv)
 
     def kernel_decode_times(self, seqs: int, kv: np.ndarray) -> np.ndarray:
-        vec = getattr(self.kernel, "decode_attention_times", None)
-        if vec is not None:
-            out: np.ndarray = vec(self._decode, seqs, kv)
-            return out
-        return np.array(
-            [
-                self.kernel.op_time(
-                    self._decode, Work(decode_seqs=seqs, decode_kv_tokens=int(k), tokens=seqs)
-                )
-                for k in kv
-            ]
-        )
+        out: np.ndarray = self.kernel.decode_attention_times(self._decode, seqs, kv)
+        return out
