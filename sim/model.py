@@ -102,6 +102,11 @@ class Op:
     share: float = 1.0  # attention sharded by batch: this device's share of the sequences
 
 
+def causal_pairs(chunk: int, done: int) -> float:
+    """Causal (query, key) pairs of a `chunk` of queries after `done` cached tokens."""
+    return chunk * done + chunk * (chunk + 1) / 2
+
+
 @dataclass(frozen=True)
 class Work:
     """What a micro-batch asks of one layer, summed over its sequences.
@@ -123,11 +128,10 @@ class Work:
     @staticmethod
     def prefill(batch: int, prompt: int, cached: int = 0) -> Work:
         """`batch` sequences each prefilling `prompt` tokens after `cached` ones."""
-        pairs = batch * (prompt * cached + prompt * (prompt + 1) / 2)
         return Work(
             tokens=batch * prompt,
             prefill_tokens=batch * prompt,
-            prefill_pairs=pairs,
+            prefill_pairs=batch * causal_pairs(prompt, cached),
             prefill_kv_tokens=batch * (cached + prompt),
         )
 

@@ -33,6 +33,7 @@ from pydantic import Field, model_validator
 
 from sim.engine.request import PREFILLING, SWAPPED, WAITING, Req
 from sim.engine.state import NEVER, ReplicaState
+from sim.model import causal_pairs
 from sim.specbase import Bytes, Seconds, Spec
 
 
@@ -65,6 +66,13 @@ class CommonParams(Spec):
     max_model_len: int | None = Field(default=None, gt=0)
 
 
+def step_token_cap(params: CommonParams, max_model_len: int) -> int:
+    """The most tokens one step carries: `max_num_batched_tokens` (default
+    max(max_model_len, 2048)), or a chunked-prefill token budget below it."""
+    cap: int = getattr(params, "max_num_batched_tokens", None) or max(max_model_len, 2048)
+    return min(cap, getattr(params, "token_budget", cap))
+
+
 class BatchingPolicy:
     name: ClassVar[str]
     Params: ClassVar[type[CommonParams]]
@@ -74,6 +82,7 @@ class BatchingPolicy:
         self.params = params
         self.st = st
         self.ctx = ctx
+        self.token_cap = step_token_cap(params, ctx.max_model_len)
 
     # --- admission at arrival --------------------------------------------------------
     def reject_reason(self, req: Req) -> str | None:
@@ -141,8 +150,7 @@ class BatchingPolicy:
         st.blocks.release(blocks)
         victim.preemptions += 1
         mode = getattr(self.params, "preemption", "recompute")
-        swapped_blocks = sum(r.blocks for r in st.swapped)
-        if mode == "swap" and swapped_blocks + blocks <= self.ctx.swap_blocks:
+        if mode == "swap" and sum(r.blocks for r in st.swapped) + blocks <= self.ctx.swap_blocks:
             victim.state = SWAPPED
             victim.blocks = blocks
             victim.kv0 = kept
@@ -167,7 +175,6 @@ class BatchingPolicy:
             st.incoming.popleft()
             st.blocks.allocate(blocks)
             st.start_decode(req)
-            step.repeat = 1
 
     def _swap_in(self, step: Step) -> None:
         st = self.st
@@ -183,7 +190,6 @@ class BatchingPolicy:
             req.target = req.kv0
             req.blocks = 0
             st.start_decode(req)
-            step.repeat = 1
 
 
 POLICIES: dict[str, type[BatchingPolicy]] = {}
@@ -192,11 +198,6 @@ POLICIES: dict[str, type[BatchingPolicy]] = {}
 def register(cls: type[BatchingPolicy]) -> type[BatchingPolicy]:
     POLICIES[cls.name] = cls
     return cls
-
-
-def pairs(chunk: int, done: int) -> float:
-    """Causal (query, key) pairs of a `chunk` of queries after `done` cached tokens."""
-    return chunk * done + chunk * (chunk + 1) / 2
 
 
 # ------------------------------------------------------------------------------ vLLM
@@ -217,10 +218,6 @@ class VllmPolicy(BatchingPolicy):
     name = "vllm"
     Params = VllmParams
     params: VllmParams
-
-    @property
-    def token_cap(self) -> int:
-        return self.params.max_num_batched_tokens or max(self.ctx.max_model_len, 2048)
 
     def reject_reason(self, req: Req) -> str | None:
         if req.prompt > self.token_cap:
@@ -257,7 +254,7 @@ class VllmPolicy(BatchingPolicy):
         if not st.running:
             return step if step.swap_out_bytes or step.swap_in_bytes else None
         step.decode = True
-        if step.repeat == 1 and not step.swap_out_bytes and not step.swap_in_bytes:
+        if not step.swap_out_bytes and not step.swap_in_bytes:
             step.repeat = NEVER
         return step
 
@@ -322,7 +319,6 @@ class SarathiPolicy(BatchingPolicy):
             step.decode
             and not step.prefills
             and not st.prefilling
-            and step.repeat == 1
             and not step.swap_out_bytes
             and not step.swap_in_bytes
         ):
@@ -357,12 +353,11 @@ class OrcaPolicy(BatchingPolicy):
     def schedule(self, now: float) -> Step | float | None:
         st = self.st
         step = Step()
-        cap = self.params.max_num_batched_tokens or max(self.ctx.max_model_len, 2048)
         tokens = st.decoders
         while st.waiting and st.decoders + len(step.prefills) < self.params.max_batch_size:
             req = st.waiting[0]
             blocks = st.blocks.blocks_for(st.kept(self.kv_need(req)))
-            if tokens + req.target > cap or not st.blocks.can_admit(blocks):
+            if tokens + req.target > self.token_cap or not st.blocks.can_admit(blocks):
                 break
             self._admit(blocks, now).blocks = blocks
             step.prefills.append((req, req.target))
@@ -465,8 +460,8 @@ class StaticPolicy(BatchingPolicy):
         if self.params.padding == "padded":
             real = sum(r.prompt for r in batch)
             step.pad_prefill_tokens = len(batch) * longest_prompt - real
-            step.pad_prefill_pairs = len(batch) * pairs(longest_prompt, 0) - sum(
-                pairs(r.prompt, 0) for r in batch
+            step.pad_prefill_pairs = len(batch) * causal_pairs(longest_prompt, 0) - sum(
+                causal_pairs(r.prompt, 0) for r in batch
             )
         return step
 

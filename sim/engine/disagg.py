@@ -23,6 +23,7 @@ from typing import Any
 
 import simpy
 
+from sim.engine.replica import hold_links
 from sim.engine.request import Req
 from sim.engine.router import RouterPolicy
 from sim.errors import LlmsimError
@@ -107,12 +108,7 @@ class KVHandoff:
             hidden = seconds * (1.0 - self.layerwise_fraction)
             seconds -= hidden
         if seconds > 0:
-            held = [link.request() for link in path.links]
-            for r in held:
-                yield r
-            yield self.env.timeout(seconds)
-            for link, r in zip(path.links, held, strict=True):
-                link.release(r)
+            yield from hold_links(self.env, path.links, seconds)
         for edge in path.edges:
             self.busy[edge] = self.busy.get(edge, 0.0) + seconds + hidden
         self.bytes_moved += size

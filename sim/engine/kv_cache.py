@@ -28,6 +28,7 @@ class BlockManager:
         self.used = 0
         self.peak = 0
         self.hist = [0] * block_size  # growing decoders by (kv - step) % block_size
+        self.growers = 0  # sum(hist)
 
     # ------------------------------------------------------------------ blocks
     def blocks_for(self, tokens: int) -> int:
@@ -54,11 +55,14 @@ class BlockManager:
         self.used -= blocks
 
     # ------------------------------------------------------------------ growth
-    def add_grower(self, kv: int, step: int) -> None:
-        self.hist[(kv - step) % self.block_size] += 1
+    def add_grower(self, key: int) -> None:
+        """A decoder starts growing; `key` is its KV length minus the current step."""
+        self.hist[key % self.block_size] += 1
+        self.growers += 1
 
-    def remove_grower(self, kv: int, step: int) -> None:
-        self.hist[(kv - step) % self.block_size] -= 1
+    def remove_grower(self, key: int) -> None:
+        self.hist[key % self.block_size] -= 1
+        self.growers -= 1
 
     def needed_at(self, step: int) -> int:
         """New blocks the decode step `step` needs (one per sequence whose blocks are full)."""
@@ -68,14 +72,14 @@ class BlockManager:
         """New blocks the decode steps step .. step+steps-1 need together."""
         bs = self.block_size
         full, rest = divmod(steps, bs)
-        total = full * sum(self.hist)
+        total = full * self.growers
         for j in range(rest):
             total += self.hist[(-(step + j)) % bs]
         return total
 
     def max_steps(self, step: int, limit: int) -> int:
         """The most decode steps (≤ limit) that the free blocks can feed."""
-        growers = sum(self.hist)
+        growers = self.growers
         if growers == 0:
             return limit
         bs = self.block_size

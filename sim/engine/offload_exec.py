@@ -7,8 +7,8 @@ the disk. Each of those streams is a transfer on its own link (PCIe host→devic
 device→host, disk read, disk write: the node's links), so streams on one link add up
 and streams on different links overlap, as does the compute (GPU, and the host CPU for
 delegated attention). A layer takes as long as its slowest stream; the first layer's
-weights are loaded before the step can start. The links and devices are busy for what
-they carry, which the run's link and device records report.
+weights are loaded before the step can start. Each link is busy for what it carries,
+which the run's link records report; the GPU's device record counts the whole step.
 
 With everything on the GPU and one GPU batch, a step costs exactly what the ordinary
 single-stage replica charges.
@@ -16,11 +16,8 @@ single-stage replica charges.
 
 from __future__ import annotations
 
-from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
-
-import simpy
 
 from sim.cost.roofline import OpKernel, RooflineKernel
 from sim.cost.stage import StageCost
@@ -108,7 +105,6 @@ class StepPricer:
 class OffloadExecutor:
     def __init__(
         self,
-        env: simpy.Environment,
         model: ModelSpec,
         precision: Precision,
         spec: OffloadSpec,
@@ -116,7 +112,6 @@ class OffloadExecutor:
         stage: StageCost,
         links: Any,
     ):
-        self.env = env
         self.model = model
         self.spec = spec
         self.values = spec.values()
@@ -126,8 +121,6 @@ class OffloadExecutor:
             if graph.has_edge(*edge):
                 links.name(edge, links.cluster.link(*edge))
         self.pricer = StepPricer(model, precision, machine, stage.kernel)
-        self.cpu_busy_s = 0.0
-        self.gpu_busy_s = 0.0
 
     def step_seconds(self, work: Work, logits: int) -> tuple[float, dict[str, float]]:
         """Seconds of one step of the block, and each stream's seconds per layer."""
@@ -135,16 +128,13 @@ class OffloadExecutor:
         per_layer = {name: term.at(self.values) for name, term in step.terms.items()}
         return step.seconds(self.values, self.model.n_layers), per_layer
 
-    def run_step(self, work: Work, logits: int) -> Generator[Any, Any, float]:
-        """Hold the clock for the step; account each link and processor for its stream."""
+    def step(self, work: Work, logits: int) -> float:
+        """Seconds of one step of the block, each link charged for its stream."""
         seconds, per_layer = self.step_seconds(work, logits)
         layers = self.model.n_layers
         for stream, edge in STREAM_LINKS.items():
             if per_layer[stream] > 0:
                 self.busy[edge] = self.busy.get(edge, 0.0) + per_layer[stream] * layers
-        self.gpu_busy_s += per_layer["comp_gpu"] * layers
-        self.cpu_busy_s += per_layer["comp_cpu"] * layers
-        yield self.env.timeout(seconds)
         return seconds
 
 

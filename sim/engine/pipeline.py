@@ -85,10 +85,6 @@ class PipelineSchedule:
         """The micro-batches of one step of one group."""
         return [MicroBatch(work, logits)]
 
-    @property
-    def layer_by_layer(self) -> bool:
-        return False
-
 
 SCHEDULES: dict[str, type[PipelineSchedule]] = {}
 
@@ -130,7 +126,3 @@ class Hybrid(PipelineSchedule):
 @register
 class ZigzagBlock(PipelineSchedule):
     name = "zigzag-block"
-
-    @property
-    def layer_by_layer(self) -> bool:
-        return True

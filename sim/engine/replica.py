@@ -23,12 +23,12 @@ import numpy as np
 import simpy
 
 from sim.cost.stage import StageCost
-from sim.engine.batching import BatchingPolicy, Step, pairs
+from sim.engine.batching import BatchingPolicy, Step
 from sim.engine.pipeline import FillDrain, MicroBatch, PipelineSchedule
 from sim.engine.records import Recorder
 from sim.engine.request import DONE, REJECTED, Req
-from sim.engine.state import NEVER, ReplicaState
-from sim.model import Work
+from sim.engine.state import ReplicaState
+from sim.model import Work, causal_pairs
 from sim.topology import Route
 
 MAX_LEAP = 1 << 16
@@ -219,21 +219,14 @@ class VirtualEngine:
             work, logits = self._work(step)
             start = env.now
             replica.begin_step()
-            batches = replica.schedule.split(work, logits)
-            if replica.offload is not None:
+            batches = [] if replica.offload is not None else replica.schedule.split(work, logits)
+            if replica.offload is not None or (single and len(batches) == 1):
                 stage = replica.stages[0]
-                t = yield from replica.offload.run_step(work, logits)
-                self._account(stage, work, logits, t)
-                replica.recorder.stage_span(
-                    replica.index, 0, self.index, 0, start, start + t, _phase(work), work.tokens
-                )
-            elif single and len(batches) == 1:
-                stage = replica.stages[0]
-                t = stage.cost.time(work, logits)
-                self._account(stage, work, logits, t)
-                replica.recorder.stage_span(
-                    replica.index, 0, self.index, 0, start, start + t, _phase(work), work.tokens
-                )
+                if replica.offload is not None:
+                    t = replica.offload.step(work, logits)
+                else:
+                    t = stage.cost.time(work, logits)
+                self._charge(stage, 0, 0, work, logits, start, t)
                 yield env.timeout(t)
             elif len(batches) == 1:
                 yield from self._through_stages(batches[0], 0)
@@ -251,7 +244,7 @@ class VirtualEngine:
         for req, chunk in step.prefills:
             done = req.prefilled
             pt += chunk
-            pp += pairs(chunk, done)
+            pp += causal_pairs(chunk, done)
             pkv += done + chunk
             if done + chunk >= req.target:
                 completing += 1
@@ -272,11 +265,19 @@ class VirtualEngine:
         )
         return work, ds + completing
 
-    def _account(self, stage: Stage, work: Work, logits: int, seconds: float) -> None:
-        stage.busy_s += seconds
+    def _charge(
+        self, stage: Stage, s: int, mb: int, work: Work, logits: int, start: float, t: float
+    ) -> None:
+        """Stage `s` runs micro-batch `mb` from `start` for `t` seconds: its counters and
+        the pipeline record."""
+        stage.busy_s += t
         stage.comm_s += stage.cost.comm_part_s(work.tokens)
         stage.flops += stage.cost.flops(work, logits)
         stage.bytes += stage.cost.bytes(work)
+        replica = self.replica
+        replica.recorder.stage_span(
+            replica.index, s, self.index, mb, start, start + t, _phase(work), work.tokens
+        )
 
     def _through_stages(self, mb: MicroBatch, index: int) -> Generator[Any, Any, None]:
         """One micro-batch through every stage in order, holding each stage while it
@@ -291,17 +292,7 @@ class VirtualEngine:
             with stage.resource.request() as slot:
                 yield slot
                 t = stage.cost.time(work, logits)
-                self._account(stage, work, logits, t)
-                replica.recorder.stage_span(
-                    replica.index,
-                    s,
-                    self.index,
-                    index,
-                    env.now,
-                    env.now + t,
-                    _phase(work),
-                    work.tokens,
-                )
+                self._charge(stage, s, index, work, logits, env.now, t)
                 yield env.timeout(t)
             if s < last:
                 size = work.tokens * replica.act_bytes_per_token
@@ -384,7 +375,7 @@ class VirtualEngine:
             self.policy.decode_bound(),
             MAX_LEAP,
         )
-        return max(k, 1) if k != NEVER else MAX_LEAP
+        return max(k, 1)
 
     def _leap(self, step: Step, k: int) -> Generator[Any, Any, None]:
         env = self.env
@@ -445,6 +436,19 @@ def _phase(work: Work) -> str:
     return "prefill" if work.prefill_tokens else "decode"
 
 
+def hold_links(
+    env: simpy.Environment, links: list[simpy.Resource], seconds: float
+) -> Generator[Any, Any, None]:
+    """Take every link (in the given order, so holders never deadlock), keep them for
+    `seconds`, let them go."""
+    requests = [link.request() for link in links]
+    for r in requests:
+        yield r
+    yield env.timeout(seconds)
+    for link, r in zip(links, requests, strict=True):
+        link.release(r)
+
+
 def transfer(
     env: simpy.Environment, path: Transfer, size_bytes: float
 ) -> Generator[Any, Any, None]:
@@ -453,11 +457,6 @@ def transfer(
     seconds = path.route.transfer_s(size_bytes)
     if seconds <= 0:
         return
-    requests = [link.request() for link in path.links]
-    for r in requests:
-        yield r
-    yield env.timeout(seconds)
-    for link, r in zip(path.links, requests, strict=True):
-        link.release(r)
+    yield from hold_links(env, path.links, seconds)
     for edge in path.edges:
         path.busy[edge] = path.busy.get(edge, 0.0) + seconds

@@ -17,7 +17,6 @@ class Req:
     __slots__ = (
         "arrival_s",
         "blocks",
-        "cls",
         "finish_step",
         "first_token_s",
         "generated",
@@ -29,16 +28,14 @@ class Req:
         "prefilled",
         "prompt",
         "replica",
-        "reserved_tokens",
         "scheduled_s",
         "state",
         "target",
         "window_step",
     )
 
-    def __init__(self, rid: int, cls: int, arrival_s: float, prompt: int, output: int):
+    def __init__(self, rid: int, arrival_s: float, prompt: int, output: int):
         self.id = rid
-        self.cls = cls
         self.arrival_s = arrival_s
         self.prompt = prompt
         self.output = output
@@ -51,7 +48,6 @@ class Req:
         self.finish_step = 0
         self.window_step = -1  # decode step at which the KV reaches the sliding window
         self.blocks = 0  # KV blocks held outside the decode-phase accounting
-        self.reserved_tokens = 0
         self.scheduled_s = -1.0
         self.first_token_s = -1.0
         self.preemptions = 0

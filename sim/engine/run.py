@@ -25,7 +25,7 @@ from sim.cost import make_kernel
 from sim.cost.layouts import Layout, build_layout, compute_attention, layout_weights
 from sim.cost.roofline import OpKernel
 from sim.cost.stage import StageCost
-from sim.engine.batching import POLICIES, PolicyContext
+from sim.engine.batching import POLICIES, PolicyContext, step_token_cap
 from sim.engine.disagg import KVHandoff, KVPath
 from sim.engine.kv_cache import BlockManager
 from sim.engine.offload_exec import OffloadExecutor, check_capacity
@@ -192,10 +192,7 @@ def plan_replica(
         elif i == 0 or i == par.pp - 1:
             w += emb / 2 if not model.tied_embeddings else emb
         weights.append(w)
-    cap = getattr(params, "max_num_batched_tokens", None) or max(
-        params.max_model_len or model.max_seq_len, 2048
-    )
-    cap = min(cap, getattr(params, "token_budget", cap))
+    cap = step_token_cap(params, params.max_model_len or model.max_seq_len)
     workspace = activation_workspace_bytes(model, cap, par.tp, precision) + layout_workspace
     attention = plan_attention(s)
     per_token = [
@@ -352,7 +349,7 @@ def build_replicas(
             blocks = BlockManager(
                 sizes.blocks // engines_per, params.block_size, getattr(params, "watermark", 0.0)
             )
-            state = ReplicaState(r, blocks, model.sliding_window, policy_cls.paged)
+            state = ReplicaState(blocks, model.sliding_window, policy_cls.paged)
             ctx = PolicyContext(
                 block_bytes=sizes.block_bytes,
                 max_model_len=max_model_len,
@@ -367,7 +364,6 @@ def build_replicas(
         replica.links = pool
         if s.offload is not None:
             replica.offload = OffloadExecutor(
-                env,
                 model,
                 precision,
                 s.offload,
@@ -474,11 +470,10 @@ def _arrive(
         times = arrivals.arrival_s[window].tolist()
         prompts = arrivals.prompt_tokens[window].tolist()
         outputs = arrivals.output_tokens[window].tolist()
-        classes = arrivals.class_index[window].tolist()
         for j, t in enumerate(times):
             if t > env.now:
                 yield env.timeout(t - env.now)
-            req = Req(first + j, classes[j], t, prompts[j], outputs[j])
+            req = Req(first + j, t, prompts[j], outputs[j])
             replicas[route()].admit(req)
     for rep in replicas:
         rep.arrivals_done()

@@ -18,8 +18,7 @@ NEVER = 1 << 62
 
 
 class ReplicaState:
-    def __init__(self, index: int, blocks: BlockManager, window: int | None, paged: bool):
-        self.index = index
+    def __init__(self, blocks: BlockManager, window: int | None, paged: bool):
         self.blocks = blocks
         self.window = window
         self.paged = paged  # decode growth draws blocks (vLLM), or KV was reserved (Orca)
@@ -54,7 +53,7 @@ class ReplicaState:
         if self.window is None or req.kv0 < self.window:
             self.growing += 1
             if self.paged:
-                self.blocks.add_grower(self._key(req), 0)
+                self.blocks.add_grower(self._key(req))
             if self.window is not None:
                 req.window_step = self.step + (self.window - req.kv0)
                 heapq.heappush(self._window, (req.window_step, req.id, req))
@@ -68,9 +67,7 @@ class ReplicaState:
         kept = self.kept(kv)
         self.kv_sum -= kept
         if self.window is None or kv < self.window:
-            self.growing -= 1
-            if self.paged:
-                self.blocks.remove_grower(self._key(req), 0)
+            self._stop_growing(req)
         req.generated = req.generated_at(self.step)
         return kept
 
@@ -81,9 +78,12 @@ class ReplicaState:
         while self._window and self._window[0][0] <= self.step:
             at, _, req = heapq.heappop(self._window)
             if self.running.get(req.id) is req and req.window_step == at:
-                self.growing -= 1
-                if self.paged:
-                    self.blocks.remove_grower(self._key(req), 0)
+                self._stop_growing(req)
+
+    def _stop_growing(self, req: Req) -> None:
+        self.growing -= 1
+        if self.paged:
+            self.blocks.remove_grower(self._key(req))
 
     def next_finish_step(self) -> int:
         return self._peek(self._finish, "finish_step")
@@ -116,9 +116,7 @@ class ReplicaState:
             kept = self.kept(kv_done)
             self.kv_sum -= self.kept(req.kv(self.step))
             if self.window is None or kv_done < self.window:
-                self.growing -= 1
-                if self.paged:
-                    self.blocks.remove_grower(self._key(req), 0)
+                self._stop_growing(req)
             req.generated = req.output
             req.kv0 = kept
             req.state = DONE
@@ -128,9 +126,3 @@ class ReplicaState:
     @property
     def decoders(self) -> int:
         return len(self.running)
-
-    @property
-    def idle(self) -> bool:
-        return not (
-            self.waiting or self.swapped or self.incoming or self.prefilling or self.running
-        )
