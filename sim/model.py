@@ -209,11 +209,7 @@ def layer_plan(
     heads = model.n_heads if by_batch else model.n_heads // tp
     kv_heads = model.kv_heads if by_batch else max(1, model.kv_heads // tp)  # replicated
     share = 1.0 / tp if by_batch else 1.0
-    if by_batch:  # projections stay split over the devices; attention runs per sequence
-        q_local = -(-model.q_dim // tp)
-        kv_local = -(-model.kv_dim // tp)
-    else:
-        q_local, kv_local = heads * dh, kv_heads * dh
+    q_local, kv_local = local_widths(model, tp, attention)
     ops: list[Op] = []
     n_norms = 1 if model.parallel_block else 2
     for i in range(n_norms):
@@ -280,7 +276,7 @@ def layer_plan(
     if tp > 1:
         ops.append(Op("all_reduce_2", "all_reduce", elems=d))
     plan_ops = tuple(ops)
-    weights = layer_weight_elems(model, tp) * precision.w_bytes
+    weights = layer_weight_elems(model, tp, attention) * precision.w_bytes
     return LayerPlan(model, tp, precision, plan_ops, weights)
 
 
@@ -458,15 +454,21 @@ def active_params(model: ModelSpec) -> int:
     return total_params(model) - model.n_layers * inactive
 
 
+def local_widths(model: ModelSpec, n: int, attention: str = "heads") -> tuple[int, int]:
+    """(Q, K/V) projection widths on one of `n` devices: whole heads each (K/V heads
+    replicated below one a device), or, with attention split by batch, an even 1/n of
+    the projection columns."""
+    if attention == "batch":
+        return -(-model.q_dim // n), -(-model.kv_dim // n)
+    dh = model.head_dim
+    return model.n_heads // n * dh, max(1, model.kv_heads // n) * dh
+
+
 def layer_weight_elems(model: ModelSpec, tp: int, attention: str = "heads") -> float:
     """Weight elements one device of a `tp` group holds for one layer (K/V heads are
     replicated when split by heads over more devices than there are K/V heads)."""
-    d, dh = model.d_model, model.head_dim
-    if attention == "batch" and tp > 1:
-        q_local, kv_local = -(-model.q_dim // tp), -(-model.kv_dim // tp)
-    else:
-        q_local = model.n_heads // tp * dh
-        kv_local = max(1, model.kv_heads // tp) * dh
+    d = model.d_model
+    q_local, kv_local = local_widths(model, tp, attention)
     attn = d * (q_local + 2 * kv_local) + q_local * d
     if model.has_qkv_bias:
         attn += q_local + 2 * kv_local

@@ -72,6 +72,7 @@ from sim.model import (
     layer_params,
     layer_plan,
     layer_weight_elems,
+    local_widths,
     norm_params,
 )
 from sim.modelspec import ModelSpec
@@ -247,10 +248,7 @@ class WeightStationary2D(Layout):
 
     # widths per token on one device: (in, mid) of each block, E/X -------------------
     def _local_widths(self, y: int) -> tuple[int, int]:
-        m = self.model
-        if self.by_batch:
-            return _ceil(m.q_dim, y), _ceil(m.kv_dim, y)
-        return m.n_heads // y * m.head_dim, max(1, m.kv_heads // y) * m.head_dim
+        return local_widths(self.model, y, "batch" if self.by_batch else "heads")
 
     def blocks(self, y: int) -> list[tuple[int, int]]:
         """(in, mid) widths per device of each block between an AG_Y and an RS_Y."""
