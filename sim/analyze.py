@@ -35,6 +35,7 @@ from sim.model import (
     non_embedding_params,
     op_bytes,
     op_flops,
+    stage_weights,
     total_params,
 )
 from sim.modelspec import ModelSpec
@@ -79,13 +80,8 @@ def layers_per_stage(n_layers: int, pp: int) -> list[int]:
 def weight_bytes_per_device(model: ModelSpec, tp: int, pp: int, precision: Precision) -> float:
     """Weights held by the most loaded device (largest stage plus its embedding share)."""
     stages = layers_per_stage(model.n_layers, pp)
-    layer = layer_weight_elems(model, tp)
-    emb = embedding_weight_elems(model, tp)
-    if pp == 1:
-        return (stages[0] * layer + emb) * precision.w_bytes
-    # Embedding (input) on the first stage, LM head (+ final norm) on the last.
-    head = emb / 2 if not model.tied_embeddings else emb
-    return max(stages[0] * layer + emb / 2, stages[-1] * layer + head) * precision.w_bytes
+    per_layer, emb = layer_weight_elems(model, tp), embedding_weight_elems(model, tp)
+    return max(stage_weights(stages, per_layer, emb, model.tied_embeddings)) * precision.w_bytes
 
 
 @dataclass(frozen=True)

@@ -498,6 +498,22 @@ def embedding_weight_elems(model: ModelSpec, tp: int) -> float:
     return elems + norm_params(model)
 
 
+def stage_weights(stages: list[int], per_layer: float, embedding: float, tied: bool) -> list[float]:
+    """Weights of each pipeline stage's device (any unit): its layers, plus the embedding
+    on the first stage and the LM head on the last — halves of `embedding` (one device's
+    embedding and LM head together), or the whole of it on both when the two are one
+    tied matrix."""
+    out = []
+    for i, layers in enumerate(stages):
+        w = layers * per_layer
+        if len(stages) == 1:
+            w += embedding
+        elif i == 0 or i == len(stages) - 1:
+            w += embedding / 2 if not tied else embedding
+        out.append(w)
+    return out
+
+
 def kv_value_bytes(kv: str | Precision) -> float:
     """Bytes of one cached K or V value: a dtype's size, or a precision's (whose
     group-wise quantised KV also carries its scales and zeros)."""

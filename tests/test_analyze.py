@@ -191,3 +191,33 @@ def test_catalog_lists_what_ships(capsys):
 def test_catalog_unknown_kind(capsys):
     code, _, err = run_cli(capsys, "catalog", "gizmos")
     assert code == 2 and "unknown catalog kind 'gizmos'" in err
+
+
+@pytest.mark.parametrize("model", ["opt-13b", "llama-2-7b"])  # tied, untied embeddings
+def test_pipeline_weights_match_the_engine(model):
+    """`analyze`'s most loaded device holds what the simulator sizes: with tied
+    embeddings both end stages keep the whole matrix (embedding and LM head)."""
+    from sim.analyze import weight_bytes_per_device
+    from sim.engine.run import plan_replica
+    from sim.scenario import load_scenario
+    from sim.topology import build_cluster
+
+    s = load_scenario(
+        {
+            "name": "pp3",
+            "cluster": "dgx-a100",
+            "model": model,
+            "parallel": {"tp": 2, "pp": 3},
+            "workload": {
+                "requests": 1,
+                "arrival": {"process": "burst"},
+                "prompt": {"dist": "fixed", "value": 16},
+                "output": {"dist": "fixed", "value": 4},
+            },
+        }
+    )
+    precision = s.precision.build()
+    sizes = plan_replica(s, build_cluster(s.cluster), precision)
+    assert weight_bytes_per_device(s.model, 2, 3, precision) == pytest.approx(
+        max(sizes.weight_bytes), rel=1e-12
+    )

@@ -45,6 +45,7 @@ from sim.model import (
     kv_bytes_per_token_per_device,
     layer_plan,
     layer_weight_elems,
+    stage_weights,
     valid_tp,
 )
 from sim.offload import Machine
@@ -184,14 +185,7 @@ def plan_replica(
         par.tp_layout, model, par.tp, precision, par.attention
     )
     emb = embedding_weight_elems(model, par.tp) * precision.w_bytes
-    weights = []
-    for i, layers in enumerate(stages):
-        w = layers * layer_w
-        if par.pp == 1:
-            w += emb
-        elif i == 0 or i == par.pp - 1:
-            w += emb / 2 if not model.tied_embeddings else emb
-        weights.append(w)
+    weights = stage_weights(stages, layer_w, emb, model.tied_embeddings)
     cap = step_token_cap(params, params.max_model_len or model.max_seq_len)
     workspace = activation_workspace_bytes(model, cap, par.tp, precision) + layout_workspace
     attention = plan_attention(s)
@@ -275,10 +269,10 @@ def _what_would_fit(s: Scenario, usable: float, precision: Precision) -> str:
     for tp in valid_tp(model, limit=64):
         if tp <= s.parallel.tp:
             continue
-        per_layer = layer_weight_elems(model, tp) * precision.w_bytes
-        layers = max(layers_per_stage(model.n_layers, s.parallel.pp))
-        weights = layers * per_layer + embedding_weight_elems(model, tp) * precision.w_bytes
-        if weights < 0.9 * usable:
+        stages = layers_per_stage(model.n_layers, s.parallel.pp)
+        per_layer, emb = layer_weight_elems(model, tp), embedding_weight_elems(model, tp)
+        weights = max(stage_weights(stages, per_layer, emb, model.tied_embeddings))
+        if weights * precision.w_bytes < 0.9 * usable:
             return f"tp={tp} would leave room for KV cache (or raise pp, or shrink the dtype)"
     return "raise pp, use more devices, or a smaller weight dtype"
 
