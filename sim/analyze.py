@@ -19,7 +19,6 @@ from sim.cost.roofline import floor_time
 from sim.errors import LlmsimError, unknown_name
 from sim.hardware import ClusterSpec, DeviceSpec
 from sim.model import (
-    Op,
     Precision,
     Work,
     activation_workspace_bytes,
@@ -32,6 +31,7 @@ from sim.model import (
     layer_plan,
     layer_weight_elems,
     lm_head_flops_per_token,
+    lm_head_op,
     non_embedding_params,
     op_bytes,
     op_flops,
@@ -143,7 +143,7 @@ def _step_floor(
         flops += layers * plan.flops(work)
         moved += layers * plan.bytes(work)
     if not model.encoder_only and logits:
-        head = Op("lm_head", "gemm", n=-(-model.vocab_size // tp), k=model.d_model)
+        head = lm_head_op(model, tp)
         head_work = Work(tokens=logits)
         seconds += floor_time(device, precision, head, head_work)
         flops += 2.0 * logits * head.k * head.n

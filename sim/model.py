@@ -578,6 +578,11 @@ def flops_per_token(model: ModelSpec, context: int = 0) -> dict[str, float]:
     return split
 
 
+def lm_head_op(model: ModelSpec, tp: int) -> Op:
+    """The LM head on one device: the vocabulary split `tp` ways (rounded up)."""
+    return Op("lm_head", "gemm", n=-(-model.vocab_size // tp), k=model.d_model)
+
+
 def lm_head_flops_per_token(model: ModelSpec) -> float:
     return 0.0 if model.encoder_only else 2.0 * model.d_model * model.vocab_size
 

@@ -29,13 +29,10 @@ from pydantic import Field, model_validator
 
 from sim.hardware import DeviceSpec
 from sim.model import (
-    Op,
     Precision,
-    Work,
     activation_workspace_bytes,
     embedding_weight_elems,
     kv_bytes_per_token,
-    layer_plan,
     layer_weight_elems,
 )
 from sim.modelspec import ModelSpec
@@ -202,11 +199,3 @@ def tier_bytes(
     tiers["gpu"].add(embedding_weight_elems(model, 1) * precision.w_bytes)
     tiers["gpu"].add(activation_workspace_bytes(model, spec.gpu_batch_size * prompt, 1, precision))
     return tiers
-
-
-def attention_op(model: ModelSpec, precision: Precision) -> Op:
-    return next(o for o in layer_plan(model, 1, precision).ops if o.kind == "attn_decode")
-
-
-def decode_work(batch: int, context: int) -> Work:
-    return Work.decode(batch, context)

@@ -208,3 +208,15 @@ def test_analyze_ops_on_a_device_without_profile(capsys):
     code = main(["analyze", "--model", "llama-2-7b", "--hardware", "l4", "--ops", "--tokens", "8"])
     out = capsys.readouterr().out
     assert code == 0 and "qkv_proj" in out and "roofline" in out
+
+
+def test_an_encoder_has_no_lm_head_in_its_time_or_its_flops():
+    from sim.cost.stage import StageCost
+
+    kernel = RooflineKernel(catalog.load_device("a100-80gb-sxm"), Precision())
+    for name, samples in (("bert-base", False), ("llama-2-7b", True)):
+        plan = layer_plan(catalog.load_model(name), 1, Precision())
+        cost = StageCost(plan, 2, kernel, None)
+        work = Work.prefill(4, 128)
+        assert (cost.time(work, 4) > cost.time(work, 0)) is samples
+        assert (cost.flops(work, 4) > cost.flops(work, 0)) is samples

@@ -15,7 +15,7 @@ import numpy as np
 
 from sim.cost.layouts import Layout
 from sim.cost.roofline import OpKernel
-from sim.model import LayerPlan, Op, Work, kv_read_bytes_per_token, op_bytes, op_flops
+from sim.model import LayerPlan, Op, Work, kv_read_bytes_per_token, lm_head_op, op_bytes, op_flops
 
 
 class StageCost:
@@ -39,9 +39,8 @@ class StageCost:
         self._token_ops = [o for o in plan.ops if o.kind in ("gemm", "elementwise")]
         self._prefill = next(o for o in plan.ops if o.kind == "attn_prefill")
         self._decode = next(o for o in plan.ops if o.kind == "attn_decode")
-        tp = plan.tp
-        vocab_local = -(-model.vocab_size // tp)
-        self._lm_head = Op("lm_head", "gemm", n=vocab_local, k=model.d_model)
+        self._lm_head = lm_head_op(model, plan.tp)
+        self._samples = last and not model.encoder_only  # runs the LM head
         self._embed = Op(
             "embedding", "elementwise", read_elems=model.d_model, write_elems=model.d_model
         )
@@ -73,7 +72,7 @@ class StageCost:
         return self.layout.layer_comm_s(tokens) * self.n_layers
 
     def lm_head_s(self, rows: int) -> float:
-        if not self.last or rows <= 0 or self.plan.model.encoder_only:
+        if not self._samples or rows <= 0:
             return 0.0
         cached = self._lm.get(rows)
         if cached is None:
@@ -101,7 +100,7 @@ class StageCost:
             per_tok = sum(op_flops(op, work) for op in self._token_ops) * self.n_layers
             self._flops_per_token[work.tokens] = per_tok
         attn = (op_flops(self._prefill, work) + op_flops(self._decode, work)) * self.n_layers
-        lm = op_flops(self._lm_head, Work(tokens=logits)) if self.last else 0.0
+        lm = op_flops(self._lm_head, Work(tokens=logits)) if self._samples else 0.0
         return per_tok + attn + lm
 
     def bytes(self, work: Work) -> float:
