@@ -450,7 +450,8 @@ def active_params(model: ModelSpec) -> int:
     if model.moe is None:
         return total_params(model)
     d, ff = model.d_model, model.d_ff_expert
-    inactive = (model.moe.n_experts - model.moe.top_k) * 3 * d * ff
+    mats = 3 if model.mlp == "gated" else 2
+    inactive = (model.moe.n_experts - model.moe.top_k) * mats * d * ff
     return total_params(model) - model.n_layers * inactive
 
 
