@@ -24,6 +24,21 @@ def add_overrides(p: argparse.ArgumentParser, help: str) -> None:
     )
 
 
+def add_progress(p: argparse.ArgumentParser) -> None:
+    """The `--progress auto|on|off` option of the commands that draw a progress bar."""
+    p.add_argument(
+        "--progress",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="progress bar on stderr (auto: only on a terminal)",
+    )
+
+
+def progress_flag(value: str) -> bool | None:
+    """`--progress` as the library takes it: None (auto: only on a terminal), on, off."""
+    return {"auto": None, "on": True, "off": False}[value]
+
+
 def _json_default(obj: Any) -> Any:
     if hasattr(obj, "item"):
         return obj.item()

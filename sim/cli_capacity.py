@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +11,7 @@ import yaml
 
 from sim.cli import add_overrides
 from sim.errors import LlmsimError
+from sim.report import aligned, fmt_num
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -83,10 +82,10 @@ def run(ns: argparse.Namespace) -> int:
         on_probe=(lambda p: print(_probe_line(p), file=sys.stderr)) if live else None,
     )
     out = Path(ns.out or f"results/capacity-{scenario.name}")
-    document = result.to_dict()
+    document = summary_json(result.to_dict())
     try:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "capacity.json").write_text(summary_json(document) + "\n")
+        (out / "capacity.json").write_text(document + "\n")
         (out / "scenario.resolved.yaml").write_text(
             "# The scenario as searched (factor 1): defaults filled in, references inlined.\n"
             + yaml.safe_dump(scenario.resolved_dict(), sort_keys=False)
@@ -102,7 +101,7 @@ def run(ns: argparse.Namespace) -> int:
     except OSError as exc:
         raise LlmsimError(f"cannot write results: {exc.strerror}", file=str(out)) from None
     if ns.json:
-        print(json.dumps(json.loads(summary_json(document)), indent=2))
+        print(document)
         return 0
     print(report(result, scenario_slo_text(scenario)))
     print(f"\nresults in {out}")
@@ -126,10 +125,6 @@ def scenario_slo_text(scenario: Any) -> str:
 
 def _ms(v: float) -> str:
     return f"{v:g} s" if v >= 1 else f"{v * 1e3:g} ms"
-
-
-def _num(v: float | None, fmt: str, scale: float = 1.0) -> str:
-    return "-" if v is None or v != v else format(v * scale, fmt)  # v != v: NaN
 
 
 def _probe_line(p: Probe) -> str:
@@ -158,7 +153,7 @@ def report(r: CapacityResult, slo_text: str) -> str:
     per_hour = f"${r.usd_per_hour:,.2f}/h" if r.usd_per_hour is not None else "no price"
     cost = r.usd_per_million_output_tokens
     lines.append(
-        f"  at capacity: goodput {_num(r.goodput_rps, ',.3f')} req/s, {r.devices} "
+        f"  at capacity: goodput {fmt_num(r.goodput_rps, ',.3f')} req/s, {r.devices} "
         f"device{'s' if r.devices != 1 else ''}, "
         f"{per_hour}, {'$' + format(cost, ',.3f') if cost is not None else '-'} per million "
         "output tokens"
@@ -169,14 +164,6 @@ def report(r: CapacityResult, slo_text: str) -> str:
     if len(r.curve):
         lines += ["", "throughput–latency curve (means over seeds):", curve_table(r.curve)]
     return "\n".join(lines)
-
-
-def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-        for row in [header, *rows]
-    )
 
 
 def _probe_table(r: CapacityResult) -> str:
@@ -196,7 +183,11 @@ def _probe_table(r: CapacityResult) -> str:
                 ("pass" if p.passed else "fail") + ("" if sure else " (unsure)"),
             )
         )
-    return _table(header, rows)
+    return "\n".join(aligned(header, rows))
+
+
+def _ms_pair(p50: float | None, p99: float | None) -> str:
+    return f"{fmt_num(p50, ',.1f', 1e3)}/{fmt_num(p99, ',.1f', 1e3)}"
 
 
 def curve_table(curve: pd.DataFrame) -> str:
@@ -216,12 +207,12 @@ def curve_table(curve: pd.DataFrame) -> str:
             (
                 f"{row['load']:.2f}",
                 f"{row['offered_rps']:,.3f}",
-                _num(row["throughput_rps"], ",.3f"),
-                _num(row["goodput_rps"], ",.3f"),
+                fmt_num(row["throughput_rps"], ",.3f"),
+                fmt_num(row["goodput_rps"], ",.3f"),
                 f"{row['attainment']:.4f}",
-                f"{_num(row['ttft_p50_s'], ',.1f', 1e3)}/{_num(row['ttft_p99_s'], ',.1f', 1e3)}",
-                f"{_num(row['tpot_p50_s'], ',.1f', 1e3)}/{_num(row['tpot_p99_s'], ',.1f', 1e3)}",
-                _num(row["usd_per_million_output_tokens"], ",.3f"),
+                _ms_pair(row["ttft_p50_s"], row["ttft_p99_s"]),
+                _ms_pair(row["tpot_p50_s"], row["tpot_p99_s"]),
+                fmt_num(row["usd_per_million_output_tokens"], ",.3f"),
             )
         )
-    return _table(header, rows)
+    return "\n".join(aligned(header, rows))

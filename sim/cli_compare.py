@@ -102,9 +102,6 @@ def run(ns: argparse.Namespace) -> int:
     variants = expand(axes)
     name = base.name if base is not None else Path(ns.scenario).stem
     out = Path(ns.out or f"results/compare-{name}")
-    jobs = ns.jobs
-    if jobs is not None and jobs < 1:
-        raise LlmsimError(f"expected a positive number of processes (got {jobs})", key="--jobs")
 
     show = sys.stderr.isatty() and not ns.json
     total = len(variants)
@@ -123,7 +120,7 @@ def run(ns: argparse.Namespace) -> int:
         ns.scenario,
         variants,
         ns.overrides,
-        jobs=jobs,
+        jobs=ns.jobs,
         window_s=window,
         trace_dir=out if ns.trace else None,
         on_done=on_done,

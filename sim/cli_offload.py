@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from sim.cli import add_overrides
 from sim.errors import LlmsimError
+from sim.report import aligned
 
 if TYPE_CHECKING:
     from sim.offload_search import Policy, SearchResult
@@ -167,10 +168,7 @@ def report(result: SearchResult, model: str, cluster: str) -> str:
         f"disk {cap['disk'] / 1e9:.0f} GB",
         "",
     ]
-    rows = [HEADER] + [_row(i, p) for i, p in enumerate(result.policies, 1)]
-    widths = [max(len(r[c]) for r in rows) for c in range(len(HEADER))]
-    for r in rows:
-        lines.append("  ".join(cell.rjust(w) for cell, w in zip(r, widths, strict=True)))
+    lines += aligned(HEADER, [_row(i, p) for i, p in enumerate(result.policies, 1)])
     diffs = [
         abs(p.simulated_s - p.seconds) / p.simulated_s
         for p in result.policies

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sim.cli import add_overrides
+from sim.cli import add_overrides, add_progress, progress_flag
 from sim.errors import LlmsimError
 
 
@@ -30,22 +30,18 @@ def setup(sub: argparse._SubParsersAction) -> None:
         help="write a Chrome/Perfetto trace of the run (stage executions, requests) to PATH; "
         "output.trace: true writes trace.json into the results directory",
     )
-    p.add_argument(
-        "--progress",
-        choices=["auto", "on", "off"],
-        default="auto",
-        help="progress bar on stderr (auto: only on a terminal)",
-    )
+    add_progress(p)
     p.set_defaults(func=run)
 
 
 def run(ns: argparse.Namespace) -> int:
     from sim.engine.run import simulate
-    from sim.report import summary_json, summary_table, write_results, write_trace_file
+    from sim.report import summary_json, summary_table, write_results
     from sim.scenario import load_scenario
+    from sim.trace import write_trace
 
     scenario = load_scenario(ns.scenario, ns.overrides)
-    progress = {"auto": None, "on": True, "off": False}[ns.progress]
+    progress = progress_flag(ns.progress)
     out = ns.out or scenario.output.dir
     keep = bool(out) and scenario.output.records and not ns.no_records
     traces = [ns.trace] if ns.trace else []
@@ -65,7 +61,7 @@ def run(ns: argparse.Namespace) -> int:
             raise LlmsimError(f"cannot write results: {exc.strerror}", file=str(out)) from None
     for path in traces:
         try:
-            write_trace_file(results, path)
+            write_trace(results, path)
         except OSError as exc:
             raise LlmsimError(f"cannot write the trace: {exc.strerror}", file=path) from None
     if ns.json:

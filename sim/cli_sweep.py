@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from sim.cli import add_progress, progress_flag
 from sim.errors import LlmsimError
+from sim.report import aligned, fmt_num
 
 if TYPE_CHECKING:  # pandas only when the command runs: `llmsim --help` stays quick
     import pandas as pd
@@ -36,12 +37,7 @@ def setup(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="results table path (default: the sweep's output)")
     p.add_argument("--limit", type=int, help="run at most this many pending tasks now")
     p.add_argument("--retry-errors", action="store_true", help="run failed tasks again")
-    p.add_argument(
-        "--progress",
-        choices=["auto", "on", "off"],
-        default="auto",
-        help="progress bar on stderr (auto: only on a terminal)",
-    )
+    add_progress(p)
     p.add_argument("--json", action="store_true", help="print rows and front as one JSON object")
     p.set_defaults(func=run)
 
@@ -59,7 +55,7 @@ def run(ns: argparse.Namespace) -> int:
         address=ns.address,
         limit=ns.limit,
         retry_errors=ns.retry_errors,
-        progress={"auto": None, "on": True, "off": False}[ns.progress],
+        progress=progress_flag(ns.progress),
     )
     metric = sweep.metric
     rows = ranked(outcome.rows, metric)
@@ -105,25 +101,13 @@ def _metric_name(metric: str) -> str:
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    out = []
-    for row in frame.to_dict(orient="records"):
-        clean = {}
-        for k, v in row.items():
-            if hasattr(v, "item"):
-                v = v.item()
-            if isinstance(v, float) and v != v:  # NaN
-                v = None
-            clean[str(k)] = v
-        if clean.get("overrides"):
-            clean["overrides"] = json.loads(clean["overrides"])
-        out.append(clean)
+    from sim.report import json_safe
+
+    out: list[dict[str, Any]] = json_safe(frame.to_dict(orient="records"))
+    for row in out:
+        if row.get("overrides"):
+            row["overrides"] = json.loads(row["overrides"])
     return out
-
-
-def _num(v: Any, fmt: str, scale: float = 1.0) -> str:
-    if v is None or (isinstance(v, float) and v != v):
-        return "-"
-    return format(float(v) * scale, fmt)
 
 
 def rows_table(rows: pd.DataFrame, metric: str) -> str:
@@ -150,35 +134,22 @@ def rows_table(rows: pd.DataFrame, metric: str) -> str:
             continue
         cells: list[str] = [str(row["task_id"]), str(row["label"])]
         if capacity:
-            cells += [
-                _num(row["capacity_rps"], ",.3f"),
-                f"{_num(row['capacity_lo_rps'], ',.2f')}–{_num(row['capacity_hi_rps'], ',.2f')}",
-            ]
+            lo, hi = (fmt_num(row[k], ",.2f") for k in ("capacity_lo_rps", "capacity_hi_rps"))
+            cells += [fmt_num(row["capacity_rps"], ",.3f"), f"{lo}–{hi}"]
         cells += [
-            _num(row["goodput_rps"], ",.3f"),
-            _num(row["attainment"], ".4f"),
-            _num(row["ttft_p99_s"], ",.1f", 1e3),
-            _num(row["tpot_p99_s"], ",.1f", 1e3),
-            _num(row["devices"], ".0f"),
-            _num(row["usd_per_hour"], ",.2f"),
-            _num(row["usd_per_million_output_tokens"], ",.3f"),
+            fmt_num(row["goodput_rps"], ",.3f"),
+            fmt_num(row["attainment"], ".4f"),
+            fmt_num(row["ttft_p99_s"], ",.1f", 1e3),
+            fmt_num(row["tpot_p99_s"], ",.1f", 1e3),
+            fmt_num(row["devices"], ".0f"),
+            fmt_num(row["usd_per_hour"], ",.2f"),
+            fmt_num(row["usd_per_million_output_tokens"], ",.3f"),
         ]
         body.append(tuple(cells))
-    lines = _aligned(header, body) if body else []
+    lines = aligned(header, body, left=(0, 1)) if body else []
     notes = [
         f"{row['task_id']}  note: {row['note']}"
         for row in rows.to_dict(orient="records")
         if row["status"] == "ok" and isinstance(row.get("note"), str) and row["note"]
     ]
     return "\n".join([*lines, *failed, *notes]) or "  (no rows)"
-
-
-def _aligned(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str]:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def fmt(row: tuple[str, ...]) -> str:
-        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
-        cells += [c.rjust(w) for c, w in zip(row[2:], widths[2:], strict=True)]
-        return "  ".join(cells).rstrip()
-
-    return [fmt(r) for r in [header, *rows]]

@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
+from sim.report import aligned
+
 if TYPE_CHECKING:  # the command imports the library only when it runs
     from sim.validate import Report, Row
 
@@ -68,16 +70,7 @@ def _cells(row: Row) -> list[str]:
 def table(report: Report) -> str:
     """The rows as an aligned text table, then the error summary."""
     header = ["id", "metric", "unit", "measured", "simulated", "error %", "note"]
-    body = [_cells(r) for r in report.rows]
-    widths = [max(len(c[i]) for c in [header, *body]) for i in range(len(header))]
-    right = {3, 4, 5}
-    lines = []
-    for cells in [header, *body]:
-        parts = [
-            c.rjust(w) if i in right else c.ljust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ]
-        lines.append("  ".join(parts).rstrip())
+    lines = aligned(header, [_cells(r) for r in report.rows], left=(0, 1, 2, 6))
     s = report.summary
     med = "-" if s.median_abs_error_pct is None else f"{s.median_abs_error_pct:.1f}%"
     p90 = "-" if s.p90_abs_error_pct is None else f"{s.p90_abs_error_pct:.1f}%"

@@ -19,17 +19,21 @@ import csv
 import itertools
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 import yaml
 
 from sim.errors import LlmsimError
+from sim.report import fmt_num
 
+T = TypeVar("T")
+R = TypeVar("R")
 GANTT_EXECUTIONS = 40  # stage executions the default Gantt window shows
 _OPEN = {"{": "}", "[": "]", "(": ")"}
 _CLOSE = {v: k for k, v in _OPEN.items()}
@@ -257,7 +261,7 @@ class _Task:
 def run_variant(task: _Task) -> VariantResult:
     """Load and simulate one variant (a module-level function: it runs in a worker)."""
     from sim.engine.run import simulate
-    from sim.report import summary_json
+    from sim.report import json_safe
     from sim.scenario import load_scenario
 
     result = VariantResult(task.variant)
@@ -267,7 +271,7 @@ def run_variant(task: _Task) -> VariantResult:
     except LlmsimError as exc:
         result.error = exc.line()
         return result
-    result.summary = json.loads(summary_json(results.summary))
+    result.summary = json_safe(results.summary)
     result.wall_s = results.wall_s
     result.replicas = scenario.parallel.replicas
     rows = gantt_replica(results.stages)
@@ -290,6 +294,32 @@ def default_jobs(n_variants: int) -> int:
     return max(1, min(cpus or 1, n_variants))
 
 
+def check_jobs(jobs: int | None, key: str = "--jobs") -> None:
+    """A worker count is positive (None: the default); errors name `key`."""
+    if jobs is not None and jobs < 1:
+        raise LlmsimError(f"expected a positive number (got {jobs})", key=key)
+
+
+def run_parallel(
+    fn: Callable[[T], R], items: Sequence[T], jobs: int, *, cancel: bool = False
+) -> Generator[tuple[int, R], None, None]:
+    """`(index, fn(item))` as each call finishes: in this process, in order, when `jobs`
+    is 1 or there is one item, else in a pool of min(jobs, items) processes (`fn` at
+    module level). Left early (an error, an interrupt, closed), the pool waits for the
+    calls running; `cancel` drops those not yet started instead of running them."""
+    if jobs == 1 or len(items) <= 1:
+        for i, item in enumerate(items):
+            yield i, fn(item)
+        return
+    pool = ProcessPoolExecutor(max_workers=min(jobs, len(items)))
+    try:
+        futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=cancel)
+
+
 def run_variants(
     source: str | Path | dict[str, Any],
     variants: Sequence[Variant],
@@ -302,28 +332,19 @@ def run_variants(
 ) -> list[VariantResult]:
     """Simulate each variant; `jobs` worker processes (1: in this process). The list
     is in the variants' order whatever order they finish in."""
+    check_jobs(jobs)
     src: str | dict[str, Any] = str(source) if isinstance(source, Path) else source
     tdir = str(trace_dir) if trace_dir is not None else None
     if tdir is not None:
         Path(tdir).mkdir(parents=True, exist_ok=True)
     tasks = [_Task(src, v, tuple(sets), window_s, tdir) for v in variants]
-    jobs = default_jobs(len(tasks)) if jobs is None else jobs
-    if jobs < 1:
-        raise LlmsimError(f"expected a positive number (got {jobs})", key="--jobs")
+    workers = default_jobs(len(tasks)) if jobs is None else jobs
     results: list[VariantResult | None] = [None] * len(tasks)
-    if jobs == 1 or len(tasks) <= 1:
-        for i, task in enumerate(tasks):
-            results[i] = run_variant(task)
+    with closing(run_parallel(run_variant, tasks, workers)) as finished:
+        for i, done in finished:
+            results[i] = done
             if on_done:
-                on_done(results[i])  # type: ignore[arg-type]
-    else:
-        with ProcessPoolExecutor(max_workers=min(jobs, len(tasks))) as pool:
-            futures = {pool.submit(run_variant, task): i for i, task in enumerate(tasks)}
-            for future in as_completed(futures):
-                done = future.result()
-                results[futures[future]] = done
-                if on_done:
-                    on_done(done)
+                on_done(done)
     return [r for r in results if r is not None]
 
 
@@ -364,10 +385,6 @@ CSV_COLUMNS = (
 )
 
 
-def _num(v: Any, fmt: str, scale: float = 1.0) -> str:
-    return "-" if v is None else format(v * scale, fmt)
-
-
 def _stage_util(values: Sequence[float] | None) -> str:
     if not values:
         return "-"
@@ -402,14 +419,14 @@ def table(results: Sequence[VariantResult]) -> str:
             (
                 str(r.variant.index),
                 r.variant.label,
-                _num(s.get("throughput_rps"), ",.3f"),
-                _num(s.get("output_tokens_per_s"), ",.1f"),
-                f"{_num(ttft.get('p50'), ',.1f', 1e3)}/{_num(ttft.get('p99'), ',.1f', 1e3)}",
-                f"{_num(tpot.get('p50'), ',.1f', 1e3)}/{_num(tpot.get('p99'), ',.1f', 1e3)}",
-                _num(s.get("bubble_fraction"), ".1%"),
+                fmt_num(s.get("throughput_rps"), ",.3f"),
+                fmt_num(s.get("output_tokens_per_s"), ",.1f"),
+                f"{fmt_num(ttft.get('p50'), ',.1f', 1e3)}/{fmt_num(ttft.get('p99'), ',.1f', 1e3)}",
+                f"{fmt_num(tpot.get('p50'), ',.1f', 1e3)}/{fmt_num(tpot.get('p99'), ',.1f', 1e3)}",
+                fmt_num(s.get("bubble_fraction"), ".1%"),
                 _stage_util(s.get("stage_utilization")),
-                _num(s.get("link_utilization_max"), ".1%"),
-                _num(s.get("memory_bytes_per_device_peak"), ",.1f", 1e-9),
+                fmt_num(s.get("link_utilization_max"), ".1%"),
+                fmt_num(s.get("memory_bytes_per_device_peak"), ",.1f", 1e-9),
             )
         )
     full = [r for r in rows if len(r) == len(header)]

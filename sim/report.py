@@ -1,4 +1,4 @@
-"""Writing results and printing them: files beside each other, a table on the terminal.
+"""Writing results and printing them: files beside each other, tables on the terminal.
 
 A results directory holds `summary.json`, `scenario.resolved.yaml` (every default
 filled in, every reference inlined: the configuration that was used), and the records
@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from sim.engine.run import Results
+if TYPE_CHECKING:
+    from sim.engine.run import Results
 
 
-def _clean(obj: Any) -> Any:
-    """JSON-safe: NaN/inf become null, numpy scalars plain numbers."""
+def json_safe(obj: Any) -> Any:
+    """JSON-safe: NaN/inf become null, numpy scalars plain numbers, keys strings,
+    tuples lists."""
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if hasattr(obj, "item"):
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -31,8 +34,29 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
+def fmt_num(v: Any, fmt: str, scale: float = 1.0) -> str:
+    """`v * scale` in format `fmt`, or "-" when there is no number (None or NaN)."""
+    return "-" if v is None or v != v else format(v * scale, fmt)  # v != v: NaN
+
+
+def aligned(
+    header: Sequence[str], rows: Sequence[Sequence[str]], left: Collection[int] = ()
+) -> list[str]:
+    """The lines of a text table: each column as wide as its widest cell, right-justified
+    (left-justified: the columns numbered in `left`), two spaces apart, no trailing
+    spaces."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return [
+        "  ".join(
+            c.ljust(w) if i in left else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in [header, *rows]
+    ]
+
+
 def summary_json(summary: dict[str, Any]) -> str:
-    return json.dumps(_clean(summary), indent=2, sort_keys=False)
+    return json.dumps(json_safe(summary), indent=2, sort_keys=False)
 
 
 def write_results(
@@ -59,14 +83,6 @@ def write_results(
             else:
                 frame.to_parquet(out / f"{name}.parquet", index=False)
     return out
-
-
-def write_trace_file(results: Results, path: str | Path) -> Path:
-    """A Chrome/Perfetto trace of the run (`output.trace: true` puts it in the results
-    directory as trace.json); see sim.trace."""
-    from sim.trace import write_trace
-
-    return write_trace(results, path)
 
 
 def _ms(v: float | None) -> str:

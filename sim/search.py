@@ -57,8 +57,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from sim.compare import check_jobs
 from sim.errors import LlmsimError
 from sim.metrics import latency_columns, meets_slo
+from sim.report import json_safe
 from sim.slo import SLOSpec
 
 if TYPE_CHECKING:
@@ -364,23 +366,8 @@ class CapacityResult:
             "usd_per_million_output_tokens": self.usd_per_million_output_tokens,
             "at_capacity": at.to_dict() if at else None,
             "probes": [p.to_dict() for p in self.probes],
-            "curve": _records(self.curve),
+            "curve": json_safe(self.curve.to_dict(orient="records")),
         }
-
-
-def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    out = []
-    for row in frame.to_dict(orient="records"):
-        out.append({str(k): _plain(v) for k, v in row.items()})
-    return out
-
-
-def _plain(v: Any) -> Any:
-    if hasattr(v, "item"):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
 
 
 # ------------------------------------------------------------------------ search
@@ -420,8 +407,7 @@ def _check_options(target: float, seeds: int, warmup: float, drain: float, tol: 
 
 @contextmanager
 def _executor(jobs: int) -> Iterator[Executor | None]:
-    if jobs < 1:
-        raise LlmsimError(f"expected a positive number (got {jobs})", key="jobs")
+    check_jobs(jobs, "jobs")
     if jobs == 1:
         yield None
         return
@@ -648,11 +634,9 @@ def plot_curve(
 ) -> Path:
     """Two panels, TTFT and TPOT against offered load: p50 and p99, each SLO bound as a
     horizontal line and the capacity as a vertical one. Drawn on the Agg canvas."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from sim.plots import _figure
 
-    fig = Figure(figsize=(11, 4.2), dpi=110)
-    FigureCanvasAgg(fig)
+    fig = _figure(11, 4.2)
     axes = fig.subplots(1, 2, sharex=True)
     x = curve["offered_rps"].to_numpy(dtype=float)
     panels = (("TTFT", "ttft", "ttft_s"), ("TPOT", "tpot", "tpot_s"))
@@ -704,8 +688,3 @@ def result_slos(scenario: Scenario) -> list[SLOSpec]:
         if slo not in seen:
             seen.append(slo)
     return seen
-
-
-def probe_rows(result: CapacityResult) -> list[dict[str, Any]]:
-    """The probes as plain rows, in the order they ran."""
-    return [p.to_dict() for p in result.probes]

@@ -53,7 +53,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -62,7 +62,14 @@ import pandas as pd
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 
-from sim.compare import VaryAxis, default_jobs, expand, split_top_level
+from sim.compare import (
+    VaryAxis,
+    check_jobs,
+    default_jobs,
+    expand,
+    run_parallel,
+    split_top_level,
+)
 from sim.errors import LlmsimError, pydantic_error
 from sim.specbase import Spec
 
@@ -148,11 +155,9 @@ class SweepTask:
 
 @dataclass(frozen=True)
 class Sweep:
-    """A loaded sweep: its spec, where it came from, its tasks and its table."""
+    """A loaded sweep: its spec, its tasks and its table."""
 
     spec: SweepSpec
-    file: str
-    scenario_path: Path
     table: Path
     tasks: tuple[SweepTask, ...]
 
@@ -295,7 +300,7 @@ def load_sweep(path: str | Path, output: str | Path | None = None) -> Sweep:
     except LlmsimError as exc:
         raise exc.at(file=str(path)) from None
     table = Path(output or spec.output or f"results/sweeps/{spec.name}.sqlite")
-    return Sweep(spec, str(path), scenario, table, tasks)
+    return Sweep(spec, table, tasks)
 
 
 # ------------------------------------------------------------------------- table
@@ -455,18 +460,11 @@ def _capacity_metrics(scenario: Scenario, options: dict[str, Any]) -> dict[str, 
 
 
 def _local(tasks: Sequence[SweepTask], jobs: int) -> Iterator[dict[str, Any]]:
-    """Rows as tasks finish: in this process (jobs=1) or a pool of `jobs` processes."""
-    if jobs == 1 or len(tasks) <= 1:
-        for task in tasks:
-            yield run_task(task)
-        return
-    pool = ProcessPoolExecutor(max_workers=min(jobs, len(tasks)))
-    try:
-        futures = [pool.submit(run_task, t) for t in tasks]
-        for future in as_completed(futures):
-            yield future.result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    """Rows as tasks finish: in this process (jobs=1) or a pool of `jobs` processes;
+    stopped early, the tasks not yet started are cancelled."""
+    with closing(run_parallel(run_task, tasks, jobs, cancel=True)) as finished:
+        for _, row in finished:
+            yield row
 
 
 def import_ray() -> Any:
@@ -517,7 +515,6 @@ def _ray(
 class SweepOutcome:
     """What a sweep did, and its rows (this sweep's tasks only, in sweep order)."""
 
-    table: Path
     rows: pd.DataFrame
     ran: int
     skipped: int
@@ -544,8 +541,7 @@ def run_sweep(
         raise LlmsimError(
             f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}", key="--executor"
         )
-    if jobs is not None and jobs < 1:
-        raise LlmsimError(f"expected a positive number (got {jobs})", key="--jobs")
+    check_jobs(jobs)
     if limit is not None and limit < 0:
         raise LlmsimError(f"expected a number >= 0 (got {limit})", key="--limit")
     if address and executor != "ray":
@@ -581,7 +577,7 @@ def run_sweep(
         frame = table.frame([t.task_id for t in sweep.tasks])
     finally:
         table.close()
-    return SweepOutcome(sweep.table, frame, ran, skipped, len(pending) - len(todo))
+    return SweepOutcome(frame, ran, skipped, len(pending) - len(todo))
 
 
 def _bar(total: int, enabled: bool | None, name: str) -> Any:

@@ -135,12 +135,10 @@ def _threads(results: Results) -> dict[int, set[int]]:
     return threads
 
 
-def chrome_trace(results: Results, *, requests: bool = True) -> dict[str, Any]:
+def chrome_trace(results: Results) -> dict[str, Any]:
     """The run as a Trace Event Format object: `{"traceEvents": [...], ...}`."""
     scenario = results.scenario
-    events = _stage_events(results)
-    if requests:
-        events += _request_events(results)
+    events = _stage_events(results) + _request_events(results)
     # a stable sort: a request's begin stays before its end when both share a time
     events.sort(key=lambda e: e["ts"])
     return {
@@ -154,11 +152,11 @@ def chrome_trace(results: Results, *, requests: bool = True) -> dict[str, Any]:
     }
 
 
-def write_trace(results: Results, path: str | Path, *, requests: bool = True) -> Path:
+def write_trace(results: Results, path: str | Path) -> Path:
     """Write `chrome_trace(results)` as compact JSON; returns the path."""
     out = Path(path)
     if out.parent != Path():
         out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w") as f:
-        json.dump(chrome_trace(results, requests=requests), f, separators=(",", ":"))
+        json.dump(chrome_trace(results), f, separators=(",", ":"))
     return out
