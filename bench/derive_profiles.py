@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -23,15 +24,11 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sim.calibrate.fit import (  # noqa: E402
-    fit_gemm,
-    fit_measurements,
-    fit_surface,
-    gemm_targets,
-)
-from sim.calibrate.profile import Measurements, Profile, Surface  # noqa: E402
-from sim.calibrate.vidur import DEVICES, default_root, measurements  # noqa: E402
+from sim.calibrate.fit import fit_measurements, fit_surface, gemm_targets  # noqa: E402
+from sim.calibrate.profile import Fit, Measurements, Profile, Surface  # noqa: E402
+from sim.calibrate.vidur import DEVICES, default_root, measurements, models_of  # noqa: E402
 from sim.catalog import load_device  # noqa: E402
+from sim.hardware import DeviceSpec  # noqa: E402
 
 DTYPE = "fp16"  # Vidur profiles in half precision (same peak as bf16 on these GPUs)
 FABRICS = {
@@ -50,20 +47,28 @@ def load_all(root: Path, exclude: tuple[str, ...] = ()) -> dict[str, Measurement
     }
 
 
+def prior_surface(targets: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Surface:
+    """One GEMM surface over several sets of `gemm_targets` (x, y, ok), each relative to
+    its own roofline."""
+    sets = list(targets)
+    return fit_surface(
+        np.concatenate([x[ok] for x, _, ok in sets]),
+        np.concatenate([y[ok] for _, y, ok in sets]),
+    )
+
+
 def shared_prior(data: dict[str, Measurements]) -> Surface:
     """One GEMM surface over every GPU's points, each relative to its own roofline."""
-    xs, ys = [], []
-    for gpu, meas in data.items():
-        x, y, ok = gemm_targets(meas.gemm, load_device(DEVICES[gpu]), DTYPE)
-        xs.append(x[ok])
-        ys.append(y[ok])
-    return fit_surface(np.concatenate(xs), np.concatenate(ys))
-
-
-def gemm_for(meas: Measurements, gpu: str, prior: Surface):  # type: ignore[no-untyped-def]
-    return fit_gemm(
-        meas.gemm, load_device(DEVICES[gpu]), DTYPE, prior=prior, smoothing=LOCAL_SMOOTHING
+    return prior_surface(
+        gemm_targets(meas.gemm, load_device(DEVICES[gpu]), DTYPE) for gpu, meas in data.items()
     )
+
+
+def fit_gpu(
+    meas: Measurements, device: DeviceSpec, prior: Surface
+) -> tuple[Fit, dict[str, dict[str, float]]]:
+    """One GPU's curves: its GEMM surface is `prior` plus a smoother fit of its residual."""
+    return fit_measurements(meas, device, DTYPE, gemm_prior=prior, gemm_smoothing=LOCAL_SMOOTHING)
 
 
 def derive(root: Path, out: Path) -> list[Path]:
@@ -71,10 +76,7 @@ def derive(root: Path, out: Path) -> list[Path]:
     prior = shared_prior(data)
     fits = {}
     for gpu, meas in data.items():
-        device = load_device(DEVICES[gpu])
-        fit, quality = fit_measurements(meas, device, DTYPE)
-        gemm, quality["gemm"] = gemm_for(meas, gpu, prior)
-        fits[gpu] = (fit.model_copy(update={"gemm": gemm}), quality)
+        fits[gpu] = fit_gpu(meas, load_device(DEVICES[gpu]), prior)
     carried = fits["a30"][0].attention
     written = []
     for gpu, (fit, quality) in fits.items():
@@ -92,7 +94,7 @@ def derive(root: Path, out: Path) -> list[Path]:
                     )
                 }
             )
-        models = sorted({p for p in _models(root, gpu)})
+        models = models_of(root, gpu)  # sorted, one per mlp.csv
         profile = Profile(
             name=device,
             device=device,
@@ -107,20 +109,12 @@ def derive(root: Path, out: Path) -> list[Path]:
             fit=fit,
             quality=quality,
         )
-        path = out / f"{device}.yaml"
         header = (
             f"# Calibration profile for {device}: fitted curves, written by "
             "bench/derive_profiles.py.\n# Derived from Vidur's public profiling data "
             "(MIT); see `source`. Do not edit by hand.\n"
         )
-        body = yaml.safe_dump(
-            profile.model_dump(mode="json", exclude_none=True),
-            sort_keys=False,
-            width=100,
-            default_flow_style=None,
-        )
-        path.write_text(header + body)
-        written.append(path)
+        written.append(_write(out / f"{device}.yaml", header, profile))
     written.append(_carry_h100_to_h200(out))
     return written
 
@@ -149,27 +143,22 @@ def _carry_h100_to_h200(out: Path) -> Path:
             "fit": fit,
         }
     )
-    path = out / "h200.yaml"
     header = (
         "# Calibration profile for h200: the h100-sxm fit carried over, written by "
         "bench/derive_profiles.py.\n# See `source`. Do not edit by hand.\n"
     )
-    path.write_text(
-        header
-        + yaml.safe_dump(
-            profile.model_dump(mode="json", exclude_none=True),
-            sort_keys=False,
-            width=100,
-            default_flow_style=None,
-        )
+    return _write(out / "h200.yaml", header, profile)
+
+
+def _write(path: Path, header: str, profile: Profile) -> Path:
+    body = yaml.safe_dump(
+        profile.model_dump(mode="json", exclude_none=True),
+        sort_keys=False,
+        width=100,
+        default_flow_style=None,
     )
+    path.write_text(header + body)
     return path
-
-
-def _models(root: Path, gpu: str) -> list[str]:
-    from sim.calibrate.vidur import models_of
-
-    return models_of(root, gpu)
 
 
 def main() -> int:

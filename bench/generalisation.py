@@ -23,20 +23,18 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.derive_profiles import DTYPE, fit_gpu, prior_surface  # noqa: E402
 from sim.calibrate.fit import (  # noqa: E402
     WRITE_PER_READ,
     elementwise_bytes,
-    fit_stream,
-    fit_surface,
     gemm_targets,
     stream_time,
     surface_at,
 )
+from sim.calibrate.profile import Measurements  # noqa: E402
 from sim.calibrate.vidur import DEVICES, compute_points, default_root, models_of  # noqa: E402
 from sim.catalog import load_device  # noqa: E402
-
-DTYPE = "fp16"
-LOCAL_SMOOTHING = 3.0
+from sim.units import dtype_bytes  # noqa: E402
 
 
 def main() -> int:
@@ -56,35 +54,32 @@ def main() -> int:
     for (gpu, model), (gemms, _) in points.items():
         targets[(gpu, model)] = gemm_targets(gemms, load_device(DEVICES[gpu]), DTYPE)
 
+    size = dtype_bytes(DTYPE)
     errors: dict[tuple[str, str], list[np.ndarray]] = defaultdict(list)
     for held in models:
         rest = [k for k in points if k[1] != held]
-        xs = [targets[k][0][targets[k][2]] for k in rest]
-        ys = [targets[k][1][targets[k][2]] for k in rest]
-        prior = fit_surface(np.concatenate(xs), np.concatenate(ys))
+        prior = prior_surface(targets[k] for k in rest)
         for gpu in DEVICES:
             if (gpu, held) not in points:
                 continue
             mine = [k for k in rest if k[0] == gpu]
-            x = np.concatenate([targets[k][0][targets[k][2]] for k in mine])
-            y = np.concatenate([targets[k][1][targets[k][2]] for k in mine])
-            surface = fit_surface(x, y, prior=prior, smoothing=LOCAL_SMOOTHING)
-            xt, yt, ok = targets[(gpu, held)]
-            pred = np.exp(surface_at(surface, xt[ok]))  # both relative to the roofline
-            errors[(gpu, "gemm")].append(np.abs(pred / np.exp(yt[ok]) - 1) * 100)
             device = load_device(DEVICES[gpu])
+            train = Measurements(
+                gemm=tuple(p for k in mine for p in points[k][0]),
+                elementwise=tuple(p for k in mine for p in points[k][1]),
+            )
+            fitted, _ = fit_gpu(train, device, prior)  # what derive_profiles.py ships
+            assert fitted.gemm is not None
+            xt, yt, ok = targets[(gpu, held)]
+            pred = np.exp(surface_at(fitted.gemm.surface, xt[ok]))  # relative to the roofline
+            errors[(gpu, "gemm")].append(np.abs(pred / np.exp(yt[ok]) - 1) * 100)
             bw = device.memory_bandwidth_bytes_per_s
             for family in WRITE_PER_READ:
-                train = [p for k in mine for p in points[k][1] if p.op == family]
+                fit = getattr(fitted, family)
                 test = [p for p in points[(gpu, held)][1] if p.op == family]
-                if not train or not test:
+                if fit is None or not test:
                     continue
-                fit = fit_stream(
-                    np.array([elementwise_bytes(p, 2.0) for p in train]),
-                    np.array([p.median_s for p in train]),
-                    bw,
-                )
-                moved = np.array([elementwise_bytes(p, 2.0) for p in test])
+                moved = np.array([elementwise_bytes(p, size) for p in test])
                 t = np.array([p.median_s for p in test])
                 errors[(gpu, family)].append(np.abs(stream_time(fit, moved, bw) / t - 1) * 100)
         print(f"  left out {held}", file=sys.stderr, flush=True)

@@ -9,14 +9,17 @@ the numbers tell a different story).
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sim.cli_validate import table  # noqa: E402
+from sim.validate import validate  # noqa: E402
+
 DOC = ROOT / "docs" / "fidelity.md"
 BEGIN, END = "<!-- validate:begin -->", "<!-- validate:end -->"
 GROUPS = (
@@ -29,35 +32,29 @@ GROUPS = (
 
 
 def main() -> int:
-    llmsim = [sys.executable, "-m", "sim", "validate"]
-    table = subprocess.run(llmsim, capture_output=True, text=True, check=True, cwd=ROOT).stdout
-    data = json.loads(
-        subprocess.run(
-            [*llmsim, "--json"], capture_output=True, text=True, check=True, cwd=ROOT
-        ).stdout
-    )
-    rows = [r for r in data["rows"] if r.get("error_pct") is not None]
+    report = validate()  # what `llmsim validate` prints, run once
+    data = report.summary
     lines = [
         "```",
-        table.rstrip(),
+        table(report).rstrip(),
         "```",
         "",
-        f"**Median |error| {data['median_abs_error_pct']:.1f}%, p90 |error| "
-        f"{data['p90_abs_error_pct']:.1f}%**, over the {data['n_numeric']} rows that "
-        f"have a simulated number; {data['n_not_reproducible']} rows cannot be "
-        f"reproduced, {data['n_skipped']} skipped. By group:",
+        f"**Median |error| {data.median_abs_error_pct:.1f}%, p90 |error| "
+        f"{data.p90_abs_error_pct:.1f}%**, over the {data.n_numeric} rows that "
+        f"have a simulated number; {data.n_not_reproducible} rows cannot be "
+        f"reproduced, {data.n_skipped} skipped. By group:",
         "",
         "| group | rows | median abs error | max abs error |",
         "|---|---|---|---|",
     ]
     for name, match in GROUPS:
-        errs = [abs(r["error_pct"]) for r in rows if match(r["id"])]
+        errs = [abs(e) for r in report.rows if (e := r.error_pct) is not None and match(r.id)]
         if errs:
             lines.append(f"| {name} | {len(errs)} | {np.median(errs):.1f}% | {max(errs):.1f}% |")
     text = DOC.read_text()
     start, stop = text.index(BEGIN) + len(BEGIN), text.index(END)
     DOC.write_text(text[:start] + "\n" + "\n".join(lines) + "\n" + text[stop:])
-    print(f"updated {DOC.relative_to(ROOT)}: median {data['median_abs_error_pct']:.1f}%")
+    print(f"updated {DOC.relative_to(ROOT)}: median {data.median_abs_error_pct:.1f}%")
     return 0
 
 

@@ -138,13 +138,13 @@ def _parse(cls: type[T], data: Any, file: str, prefix: str | None = None) -> T:
 _CACHES: list[Any] = []
 
 
-def _loader(kind: str, cls: type[T]) -> Callable[[str], T]:
+def _loader(kind: str, cls: type[T], doc: str | None = None) -> Callable[[str], T]:
     @functools.cache
     def load(name: str) -> T:
         path = find(kind, name)
         return _parse(cls, read_yaml(path), str(path))
 
-    load.__doc__ = f"The {kind} spec named `name` (or at a path)."
+    load.__doc__ = doc or f"The {kind} spec named `name` (or at a path)."
     _CACHES.append(load)
     return load
 
@@ -178,13 +178,7 @@ def _carried_device(name: str) -> DeviceSpec | None:
 
 load_node = _loader("node", NodeSpec)
 load_cluster = _loader("cluster", ClusterSpec)
-
-
-@functools.cache
-def load_profile(name: str) -> Profile:
-    """A calibration profile by name or path."""
-    path = find("calibration", name)
-    return _parse(Profile, read_yaml(path), str(path))
+load_profile = _loader("calibration", Profile, "A calibration profile by name or path.")
 
 
 @functools.cache
@@ -264,7 +258,6 @@ def clear_cache() -> None:
     """Forget loaded files (tests that write catalog files call this)."""
     _index.cache_clear()
     load_model.cache_clear()
-    load_profile.cache_clear()
     profile_for.cache_clear()
     _carried_device.cache_clear()
     for cached in _CACHES:

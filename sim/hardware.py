@@ -84,13 +84,6 @@ class LinkSpec(Spec):
     latency_s: Seconds = Field(alias="latency", default=0.0, ge=0)
     kind: str = ""
 
-    def transfer_s(self, size_bytes: float) -> float:
-        if size_bytes <= 0:
-            return 0.0
-        if self.bandwidth_bytes_per_s <= 0:
-            return float("inf")
-        return self.latency_s + size_bytes / self.bandwidth_bytes_per_s
-
 
 class DiskSpec(Spec):
     capacity_bytes: Bytes = Field(alias="capacity", gt=0)

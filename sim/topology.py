@@ -52,7 +52,6 @@ class Cluster:
         self.spec = spec
         self.device = device
         self.devices_per_node = devices_per_node
-        self.n_nodes = spec.nodes if spec.torus is None else _torus_hosts(spec)
         self.host = host
         self.graph = graph
         self.node_spec = node_spec
@@ -83,21 +82,6 @@ class Cluster:
             min(link.bandwidth_bytes_per_s for link in links),
             sum(link.latency_s for link in links),
         )
-
-    def host_link(self, dev: int) -> Route:
-        """Device -> its host's DRAM (for swap and offload)."""
-        return self.route(f"dev{dev}", f"host{self.node_of(dev)}")
-
-    def links(self) -> list[tuple[str, str]]:
-        return list(self.graph.edges)
-
-
-def _torus_hosts(spec: ClusterSpec) -> int:
-    assert spec.torus is not None
-    chips = 1
-    for d in spec.torus.dims:
-        chips *= d
-    return max(1, chips // spec.torus.chips_per_host)
 
 
 def _add(g: nx.DiGraph, u: str, v: str, link: LinkSpec) -> None:

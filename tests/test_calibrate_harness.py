@@ -152,8 +152,6 @@ def test_quick_profile_names_device_and_environment(quick):
 
 @needs_torch
 def test_quick_profile_is_fitted_when_the_fit_exists(quick):
-    if importlib.util.find_spec("sim.calibrate.fit") is None:
-        pytest.skip("sim.calibrate.fit is not there yet: the profile holds no fit")
     profile, err, _, _ = quick
     assert "the fit failed" not in err
     assert profile.fit.gemm is not None

@@ -189,6 +189,12 @@ def fit_surface(
 # ------------------------------------------------------------------------- GEMMs
 
 
+def gemm_bytes(m: Any, n: Any, k: Any, w_bytes: float, a_bytes: float) -> Any:
+    """Bytes a GEMM x[m,k] @ w[k,n] moves at least: the weight once, the input and the
+    output once (scalars or arrays)."""
+    return n * k * w_bytes + m * (n + k) * a_bytes
+
+
 def gemm_roofline(
     m: np.ndarray,
     n: np.ndarray,
@@ -199,7 +205,7 @@ def gemm_roofline(
     a_bytes: float,
 ) -> np.ndarray:
     flops = 2.0 * m * n * k
-    moved = n * k * w_bytes + m * (n + k) * a_bytes
+    moved = gemm_bytes(m, n, k, w_bytes, a_bytes)
     out: np.ndarray = np.maximum(flops / flops_per_s, moved / bytes_per_s)
     return out
 
@@ -322,26 +328,28 @@ def attention_kv_bytes(p: AttentionPoint, kv_bytes: float) -> float:
 def fit_attention(
     points: Sequence[AttentionPoint], device: DeviceSpec, dtype: str, source: str = ""
 ) -> AttentionFit | None:
+    """Prefill: a stream curve of FLOPs against peak FLOP/s; decode: one of K/V bytes
+    against bandwidth."""
     pre = [p for p in points if p.phase == "prefill"]
     dec = [p for p in points if p.phase == "decode"]
     if not pre or not dec:
         return None
-    peak = device.flops(dtype)
-    bw = device.memory_bandwidth_bytes_per_s
     size = dtype_bytes(dtype)
-    f = np.array([attention_flops(p) for p in pre])
-    tp = np.array([p.median_s for p in pre])
-    lp = _launch(tp)
-    ceff = np.clip(f / (peak * np.maximum(tp - lp, 1e-12)), 1e-6, 1.0)
-    b = np.array([attention_kv_bytes(p, size) for p in dec])
-    td = np.array([p.median_s for p in dec])
-    ld = _launch(td)
-    meff = np.clip(b / (bw * np.maximum(td - ld, 1e-12)), 1e-6, 1.0)
+    prefill = fit_stream(
+        np.array([attention_flops(p) for p in pre]),
+        np.array([p.median_s for p in pre]),
+        device.flops(dtype),
+    )
+    decode = fit_stream(
+        np.array([attention_kv_bytes(p, size) for p in dec]),
+        np.array([p.median_s for p in dec]),
+        device.memory_bandwidth_bytes_per_s,
+    )
     return AttentionFit(
-        prefill_launch_s=lp,
-        prefill_compute=binned_curve(np.log2(f), ceff),
-        decode_launch_s=ld,
-        decode_memory=binned_curve(np.log2(b), meff),
+        prefill_launch_s=prefill.launch_s,
+        prefill_compute=prefill.efficiency,
+        decode_launch_s=decode.launch_s,
+        decode_memory=decode.efficiency,
         source=source,
     )
 
@@ -399,12 +407,16 @@ def fit_measurements(
     device: DeviceSpec,
     dtype: str = "bf16",
     gemm_prior: Surface | None = None,
+    gemm_smoothing: float = SMOOTHING,
 ) -> tuple[Fit, dict[str, dict[str, float]]]:
-    """Every family's curve from one device's measurements, and in-sample errors."""
+    """Every family's curve from one device's measurements, and in-sample errors. The
+    GEMM surface is fitted with `gemm_prior` and `gemm_smoothing` (see `fit_surface`)."""
     quality: dict[str, dict[str, float]] = {}
     gemm = None
     if measurements.gemm:
-        gemm, quality["gemm"] = fit_gemm(measurements.gemm, device, dtype, gemm_prior)
+        gemm, quality["gemm"] = fit_gemm(
+            measurements.gemm, device, dtype, gemm_prior, gemm_smoothing
+        )
     size = dtype_bytes(dtype)
     bw = device.memory_bandwidth_bytes_per_s
     streams: dict[str, StreamFit] = {}

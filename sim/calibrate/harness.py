@@ -48,7 +48,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from sim.calibrate.fit import elementwise_bytes, fit_measurements, gemm_bytes
 from sim.calibrate.profile import (
     AttentionPoint,
     CollectivePoint,
@@ -72,6 +73,7 @@ from sim.errors import LlmsimError
 from sim.hardware import DeviceSpec
 from sim.model import check_tp, layer_plan, valid_tp
 from sim.modelspec import ModelSpec
+from sim.units import dtype_bytes
 
 DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
@@ -368,7 +370,11 @@ def measure(
     if calls is None:
         one = _elapsed_s(fn, device, 1)
         calls = int(min(max_calls, max(1.0, sample_s / max(one, 1e-9))))
-    samples = [_elapsed_s(fn, device, calls) / calls for _ in range(max(1, repeats))]
+    return _stats([_elapsed_s(fn, device, calls) / calls for _ in range(max(1, repeats))])
+
+
+def _stats(samples: Sequence[float] | np.ndarray) -> Stats:
+    """Median, p10 and p90 of per-call seconds."""
     p10, median, p90 = np.percentile(samples, [10, 50, 90])
     floor = 1e-12  # a timer that reads 0 still means "took some time"
     return max(float(median), floor), max(float(p10), floor), max(float(p90), floor)
@@ -497,6 +503,11 @@ def flash_backend(run: Run) -> tuple[Callable[..., Any], Callable[..., Any]] | N
     """flash_attn's prefill and KV-cache kernels, when usable for this run."""
     if not run.is_cuda or run.dtype_name not in ("bf16", "fp16"):
         return None
+    return _flash_attn()
+
+
+@cache  # a failing import is not retried for every attention point
+def _flash_attn() -> tuple[Callable[..., Any], Callable[..., Any]] | None:
     try:
         from flash_attn import flash_attn_func, flash_attn_with_kvcache
     except Exception:  # an absent or broken install (ABI mismatch) both mean SDPA
@@ -604,9 +615,24 @@ class ElementwiseCase:
     vocab: int = 0  # embedding
 
 
+# A ModelSpec activation -> its base function (swiglu and geglu are the gated forms of
+# SiLU and GELU), and each base function in torch.
+ACTIVATION_BASE = {
+    "silu": "silu",
+    "swiglu": "silu",
+    "gelu": "gelu",
+    "geglu": "gelu",
+    "relu": "relu",
+}
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "relu": F.relu,
+}
+
+
 def _act_kernel(model: ModelSpec) -> str:
-    base = {"silu": "silu", "swiglu": "silu", "gelu": "gelu", "geglu": "gelu", "relu": "relu"}
-    act = base[model.activation]
+    act = ACTIVATION_BASE[model.activation]
     return f"{act}_and_mul" if model.mlp == "gated" else act
 
 
@@ -648,13 +674,6 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return x * cos + rotated * sin
 
 
-_ACTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "silu": F.silu,
-    "gelu": F.gelu,
-    "relu": F.relu,
-}
-
-
 def _elementwise_fn(
     run: Run, case: ElementwiseCase, tokens: int, tables: dict[int, torch.Tensor]
 ) -> Callable[[], object]:
@@ -669,11 +688,11 @@ def _elementwise_fn(
         x, weight, bias = _randn((tokens, w), run), _randn((w,), run), _randn((w,), run)
         return lambda: F.layer_norm(x, (w,), weight, bias)
     if case.kernel.endswith("_and_mul"):
-        act, half = _ACTS[case.kernel.removesuffix("_and_mul")], w // 2
+        act, half = ACTIVATIONS[case.kernel.removesuffix("_and_mul")], w // 2
         x = _randn((tokens, 2 * half), run)
         return lambda: act(x[:, :half]) * x[:, half:]
-    if case.kernel in _ACTS:
-        plain, x = _ACTS[case.kernel], _randn((tokens, w), run)
+    if case.kernel in ACTIVATIONS:
+        plain, x = ACTIVATIONS[case.kernel], _randn((tokens, w), run)
         return lambda: plain(x)
     if case.kernel == "rotary":
         d = case.head_dim
@@ -868,8 +887,7 @@ def _time_collective(
         samples.append(_elapsed_s(fn, device, calls) / calls)
     worst = torch.tensor(samples, dtype=torch.float64, device=device)
     dist.all_reduce(worst, op=dist.ReduceOp.MAX, group=group)
-    p10, median, p90 = np.percentile(worst.cpu().numpy(), [10, 50, 90])
-    return max(float(median), 1e-12), max(float(p10), 1e-12), max(float(p90), 1e-12)
+    return _stats(worst.cpu().numpy())
 
 
 def _collective_worker(rank: int, job: CollectiveJob) -> None:
@@ -1004,24 +1022,17 @@ def _memory_bytes(run: Run) -> float:
         return 16e9
 
 
-# Elements written per element read, to turn an element-wise time into bytes moved.
-_WRITE_PER_READ = {"norm": 1.0, "act": 0.5, "rotary": 1.0, "add": 0.5, "embedding": 1.0}
-
-
 def measured_device_spec(
     name: str, kind: str, measurements: Measurements, dtype_name: str, memory_bytes: float
 ) -> DeviceSpec:
     """A device whose peaks are the best this run saw: the highest GEMM FLOP/s and the
     highest streamed bandwidth (GEMM weights and element-wise ops). For a device the
     catalog lacks (every CPU), the fit measures efficiencies against these."""
-    esize = {"fp32": 4, "bf16": 2, "fp16": 2}[dtype_name]
+    esize = dtype_bytes(dtype_name)
     flops = max((2.0 * p.m * p.n * p.k / p.median_s for p in measurements.gemm), default=1e9)
     bandwidth = max(
-        [(p.k * p.n + p.m * (p.k + p.n)) * esize / p.median_s for p in measurements.gemm]
-        + [
-            p.tokens * p.width * (1 + _WRITE_PER_READ[p.op]) * esize / p.median_s
-            for p in measurements.elementwise
-        ],
+        [gemm_bytes(p.m, p.n, p.k, esize, esize) / p.median_s for p in measurements.gemm]
+        + [elementwise_bytes(p, esize) / p.median_s for p in measurements.elementwise],
         default=1e9,
     )
     return DeviceSpec.model_validate(
@@ -1068,10 +1079,6 @@ def fit_profile(
     measurements: Measurements, spec: DeviceSpec, dtype: str = "bf16"
 ) -> tuple[Fit, dict[str, dict[str, float]], str | None]:
     """The fitted curves and their errors, or an empty fit and the reason."""
-    try:
-        from sim.calibrate.fit import fit_measurements
-    except ImportError:
-        return Fit(), {}, "sim.calibrate.fit is not available: the profile holds no fit"
     try:
         fit, quality = fit_measurements(measurements, spec, dtype)
     except Exception as exc:  # measurements took minutes: keep them even if the fit fails

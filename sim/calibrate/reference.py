@@ -20,13 +20,20 @@ relative positions and encoder-only models are not supported.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sim.calibrate.harness import DTYPES, SDPA_GQA, measure, parse_device, rms_norm, rotary
+from sim.calibrate.harness import (
+    ACTIVATION_BASE,
+    ACTIVATIONS,
+    DTYPES,
+    SDPA_GQA,
+    measure,
+    parse_device,
+    rms_norm,
+    rotary,
+)
 from sim.errors import LlmsimError
 from sim.modelspec import ModelSpec
 
@@ -60,15 +67,6 @@ def _norm(model: ModelSpec) -> nn.Module:
     return RMSNorm(model.d_model) if model.norm == "rmsnorm" else nn.LayerNorm(model.d_model)
 
 
-_ACT: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "silu": F.silu,
-    "swiglu": F.silu,
-    "gelu": F.gelu,
-    "geglu": F.gelu,
-    "relu": F.relu,
-}
-
-
 class DecoderLayer(nn.Module):
     """One layer; module names are the layer plan's op names."""
 
@@ -79,7 +77,7 @@ class DecoderLayer(nn.Module):
         self.rotary = model.position == "rotary"
         self.parallel = model.parallel_block
         self.gated = model.mlp == "gated"
-        self.act: Callable[[torch.Tensor], torch.Tensor] = _ACT[model.activation]
+        self.act = ACTIVATIONS[ACTIVATION_BASE[model.activation]]
         self.norm = _norm(model)
         self.norm_2 = None if self.parallel else _norm(model)
         self.qkv_proj = nn.Linear(d, q + 2 * kv, bias=model.has_qkv_bias)
@@ -223,6 +221,29 @@ def _positive(**values: int) -> None:
             raise LlmsimError(f"{key} must be at least 1, got {value}")
 
 
+def _time_forward(
+    model: ModelSpec,
+    batch: int,
+    tokens: int,
+    start: int,
+    dtype: str,
+    device: str,
+    warmup: int,
+    repeats: int,
+) -> float:
+    """Median seconds of one forward pass of `batch` sequences of `tokens` new tokens at
+    positions start..start+tokens-1, over a cache of start+tokens positions."""
+    decoder = build_decoder(model, dtype, device)
+    dev = next(decoder.parameters()).device
+    with torch.inference_mode():
+        cache = decoder.new_cache(batch, start + tokens)
+        ids = torch.randint(0, model.vocab_size, (batch, tokens), device=dev)
+        median, _, _ = measure(
+            lambda: decoder(ids, cache, start), dev, warmup=warmup, repeats=repeats, calls=1
+        )
+    return median
+
+
 def measure_prefill(
     model: ModelSpec,
     batch: int,
@@ -238,15 +259,7 @@ def measure_prefill(
     _positive(batch=batch, prompt=prompt)
     if model.position == "learned" and prompt > model.max_seq_len:
         raise LlmsimError(f"prompt {prompt} exceeds max_seq_len={model.max_seq_len}")
-    decoder = build_decoder(model, dtype, device)
-    dev = next(decoder.parameters()).device
-    with torch.inference_mode():
-        cache = decoder.new_cache(batch, prompt)
-        ids = torch.randint(0, model.vocab_size, (batch, prompt), device=dev)
-        median, _, _ = measure(
-            lambda: decoder(ids, cache, 0), dev, warmup=warmup, repeats=repeats, calls=1
-        )
-    return median
+    return _time_forward(model, batch, prompt, 0, dtype, device, warmup, repeats)
 
 
 def measure_decode_step(
@@ -265,12 +278,4 @@ def measure_decode_step(
     _positive(batch=batch, context=context)
     if model.position == "learned" and context + 1 > model.max_seq_len:
         raise LlmsimError(f"context {context} + 1 exceeds max_seq_len={model.max_seq_len}")
-    decoder = build_decoder(model, dtype, device)
-    dev = next(decoder.parameters()).device
-    with torch.inference_mode():
-        cache = decoder.new_cache(batch, context + 1)
-        ids = torch.randint(0, model.vocab_size, (batch, 1), device=dev)
-        median, _, _ = measure(
-            lambda: decoder(ids, cache, context), dev, warmup=warmup, repeats=repeats, calls=1
-        )
-    return median
+    return _time_forward(model, batch, 1, context, dtype, device, warmup, repeats)

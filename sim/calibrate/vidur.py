@@ -59,7 +59,7 @@ def _valid(row: pd.Series, op: str) -> bool:
     return value is not None and pd.notna(value) and float(value) > 0
 
 
-def compute_points(csv: Path, model: str = "") -> tuple[list[GemmPoint], list[ElementwisePoint]]:
+def compute_points(csv: Path) -> tuple[list[GemmPoint], list[ElementwisePoint]]:
     """GEMM and element-wise points of one mlp.csv."""
     df = pd.read_csv(csv)
     gemms: list[GemmPoint] = []
