@@ -25,10 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sim.calibrate.fit import fit_measurements, fit_surface, gemm_targets  # noqa: E402
-from sim.calibrate.profile import Fit, Measurements, Profile, Surface  # noqa: E402
 from sim.calibrate.vidur import DEVICES, default_root, measurements, models_of  # noqa: E402
-from sim.catalog import load_device  # noqa: E402
-from sim.hardware import DeviceSpec  # noqa: E402
+from sim.spec.catalog import load_device  # noqa: E402
+from sim.spec.hardware import DeviceSpec  # noqa: E402
+from sim.spec.profile import Fit, Measurements, Profile, Surface  # noqa: E402
 
 DTYPE = "fp16"  # Vidur profiles in half precision (same peak as bf16 on these GPUs)
 FABRICS = {

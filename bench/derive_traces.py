@@ -23,7 +23,7 @@ from scipy import optimize, special
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sim.traces import load_trace  # noqa: E402
+from sim.workload.traces import load_trace  # noqa: E402
 
 DEFAULT_SRC = ROOT.parent / "shared" / "data" / "traces"
 SAMPLE_ROWS = 2000

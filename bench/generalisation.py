@@ -31,9 +31,9 @@ from sim.calibrate.fit import (  # noqa: E402
     stream_time,
     surface_at,
 )
-from sim.calibrate.profile import Measurements  # noqa: E402
 from sim.calibrate.vidur import DEVICES, compute_points, default_root, models_of  # noqa: E402
-from sim.catalog import load_device  # noqa: E402
+from sim.spec.catalog import load_device  # noqa: E402
+from sim.spec.profile import Measurements  # noqa: E402
 from sim.units import dtype_bytes  # noqa: E402
 
 

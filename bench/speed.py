@@ -36,7 +36,7 @@ CHILD = """
 import json, sys, time
 t0 = time.perf_counter()
 from sim.engine.run import simulate
-from sim.scenario import load_scenario
+from sim.spec.scenario import load_scenario
 s = load_scenario(sys.argv[1], sys.argv[2:])
 res = simulate(s)
 print(json.dumps({"sim_wall_s": res.wall_s, "events": res.events,

@@ -17,8 +17,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sim.cli_validate import table  # noqa: E402
-from sim.validate import validate  # noqa: E402
+from sim.cli.validate import table  # noqa: E402
+from sim.fidelity.validate import validate  # noqa: E402
 
 DOC = ROOT / "docs" / "fidelity.md"
 BEGIN, END = "<!-- validate:begin -->", "<!-- validate:end -->"

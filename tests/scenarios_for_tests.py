@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from sim.scenario import Scenario, load_scenario
+from sim.spec.scenario import Scenario, load_scenario
 
 
 def make(base: dict[str, Any], **changes: Any) -> Scenario:

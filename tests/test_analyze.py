@@ -1,4 +1,4 @@
-"""`sim.analyze` and the `llmsim analyze` / `llmsim catalog` commands."""
+"""`sim.plan.analyze` and the `llmsim analyze` / `llmsim catalog` commands."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from sim.analyze import analyze, layers_per_stage
 from sim.errors import LlmsimError
+from sim.plan.analyze import analyze, layers_per_stage
 from tests.cli_helpers import run_cli
 
 REQUIRED_KEYS = {
@@ -197,10 +197,10 @@ def test_catalog_unknown_kind(capsys):
 def test_pipeline_weights_match_the_engine(model):
     """`analyze`'s most loaded device holds what the simulator sizes: with tied
     embeddings both end stages keep the whole matrix (embedding and LM head)."""
-    from sim.analyze import weight_bytes_per_device
+    from sim.cost.topology import build_cluster
     from sim.engine.run import plan_replica
-    from sim.scenario import load_scenario
-    from sim.topology import build_cluster
+    from sim.plan.analyze import weight_bytes_per_device
+    from sim.spec.scenario import load_scenario
 
     s = load_scenario(
         {

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sim.calibrate.profile import Profile
-from sim.catalog import load_model
-from sim.cli import main
-from sim.model import layer_plan, total_params
-from sim.modelspec import ModelSpec
+from sim.arith.ops import layer_plan, total_params
+from sim.cli.main import main
+from sim.spec.catalog import load_model
+from sim.spec.model import ModelSpec
+from sim.spec.profile import Profile
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 needs_torch = pytest.mark.skipif(

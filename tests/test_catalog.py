@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from sim import catalog
+from sim.cost.topology import build_cluster
 from sim.errors import LlmsimError
-from sim.topology import build_cluster
+from sim.spec import catalog
 
 ROOT = Path(__file__).resolve().parent.parent
 KEBAB = re.compile(r"^[a-z0-9]+(?:[.-][a-z0-9]+)*$")

@@ -9,10 +9,10 @@ import math
 import pytest
 import simpy
 
-from sim import catalog
 from sim.cost.collectives import CollectiveModel, torus_box
+from sim.cost.topology import Cluster, build_cluster
 from sim.errors import LlmsimError
-from sim.topology import Cluster, build_cluster
+from sim.spec import catalog
 
 ICI_BYTES_PER_S = 45e9  # hardware/clusters/tpu-v4-*.yaml: one ICI link, per direction
 ICI_LATENCY_S = 1e-6

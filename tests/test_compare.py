@@ -1,4 +1,4 @@
-"""`llmsim compare` (sim.compare, sim.cli_compare), the Chrome trace (sim.trace) and
+"""`llmsim compare` (sim.studies.compare, sim.cli.compare), the Chrome trace (sim.results.trace) and
 `llmsim run --trace`."""
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from sim.cli import main
-from sim.compare import (
+from sim.cli.main import main
+from sim.errors import LlmsimError
+from sim.studies.compare import (
     VaryAxis,
     default_window,
     expand,
@@ -25,7 +26,6 @@ from sim.compare import (
     parse_window,
     split_top_level,
 )
-from sim.errors import LlmsimError
 from tests.cli_helpers import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -265,7 +265,7 @@ def test_bad_vary_on_the_command_line(capsys, tmp_path):
 
 
 def test_process_pool_matches_in_process(tmp_path):
-    from sim.compare import run_variants
+    from sim.studies.compare import run_variants
 
     variants = expand([parse_vary("parallel.pp=1,2"), parse_vary("scheduler.policy=vllm,orca")])
     path = small(tmp_path)
@@ -280,8 +280,8 @@ def test_process_pool_matches_in_process(tmp_path):
 
 def test_chrome_trace_has_one_x_event_per_stage_execution(tmp_path):
     from sim.engine.run import simulate
-    from sim.scenario import load_scenario
-    from sim.trace import chrome_trace, write_trace
+    from sim.results.trace import chrome_trace, write_trace
+    from sim.spec.scenario import load_scenario
 
     results = simulate(load_scenario(small(tmp_path), ["parallel.pp=2"]), records=True)
     trace = chrome_trace(results)
@@ -323,7 +323,7 @@ def test_output_trace_writes_trace_json_in_results_dir(capsys, tmp_path):
 
 def test_run_does_not_import_matplotlib(tmp_path):
     code = (
-        "import sys; from sim.cli import main; "
+        "import sys; from sim.cli.main import main; "
         f"main(['run', {str(small(tmp_path))!r}, '--json']); "
         "assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
     )

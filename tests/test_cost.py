@@ -11,15 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim import catalog
-from sim.analyze import op_breakdown
+from sim.arith.ops import Op, Precision, Work, layer_plan
 from sim.calibrate.fit import fit_stream, fit_surface, stream_time, surface_at
-from sim.calibrate.profile import GemmPoint, Measurements, Profile
-from sim.cli import main
+from sim.cli.main import main
 from sim.cost import CalibratedKernel, CollectiveModel, RooflineKernel, make_kernel
 from sim.cost.roofline import floor_time
-from sim.model import Op, Precision, Work, layer_plan
-from sim.topology import build_cluster
+from sim.cost.topology import build_cluster
+from sim.plan.analyze import op_breakdown
+from sim.spec import catalog
+from sim.spec.profile import GemmPoint, Measurements, Profile
 
 CALIBRATED = ["a100-80gb-sxm", "h100-sxm", "h200", "a40", "a30"]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "calibration" / "vidur"

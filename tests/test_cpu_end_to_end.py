@@ -19,11 +19,11 @@ import yaml
 
 torch = pytest.importorskip("torch", reason="the calibrate extra (PyTorch) is not installed")
 
-from sim import catalog  # noqa: E402
 from sim.calibrate.reference import measure_decode_step, measure_prefill  # noqa: E402
-from sim.cli import main  # noqa: E402
+from sim.cli.main import main  # noqa: E402
 from sim.engine.run import simulate  # noqa: E402
-from sim.scenario import load_scenario  # noqa: E402
+from sim.spec import catalog  # noqa: E402
+from sim.spec.scenario import load_scenario  # noqa: E402
 
 TOY = {
     "name": "toy-llama",

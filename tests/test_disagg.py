@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from sim import catalog
 from sim.engine.run import simulate
 from sim.errors import LlmsimError
+from sim.spec import catalog
 from tests.scenarios_for_tests import make
 
 BASE = {

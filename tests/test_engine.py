@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sim.engine.run import simulate
-from sim.metrics import latency_columns
-from sim.report import summary_json
-from sim.scenario import load_scenario
+from sim.results.report import summary_json
+from sim.results.summary import latency_columns
+from sim.spec.scenario import load_scenario
 from tests.scenarios_for_tests import make
 
 BASE = {
@@ -258,7 +258,7 @@ def test_tp_and_pp_replicas_run_and_use_links():
 
 
 def test_results_serialise(tmp_path):
-    from sim.report import write_results
+    from sim.results.report import write_results
 
     res = simulate(scenario(workload__requests=50))
     out = write_results(res, tmp_path / "r", "csv")

@@ -1,4 +1,4 @@
-"""sim.hf_config: Hugging Face config.json files read as ModelSpecs, and the models/ catalog."""
+"""sim.spec.hf_config: Hugging Face config.json files read as ModelSpecs; the models catalog."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from sim.catalog import clear_cache, entries, load_model, read_yaml
 from sim.errors import LlmsimError
-from sim.hf_config import model_from_hf_config
-from sim.modelspec import ModelSpec
+from sim.spec.catalog import clear_cache, entries, load_model, read_yaml
+from sim.spec.hf_config import model_from_hf_config
+from sim.spec.model import ModelSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 CALIBRATION = ROOT.parent / "shared" / "data" / "calibration" / "vidur" / "profiling" / "compute"

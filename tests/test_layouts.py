@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from sim import catalog
+from sim.arith.ops import Precision, Work, layer_params, layer_plan, layer_weight_elems
 from sim.cost import RooflineKernel
 from sim.cost.layouts import (
     LAYOUTS,
@@ -18,9 +18,9 @@ from sim.cost.layouts import (
     check_layout,
     grid_xs,
 )
+from sim.cost.topology import Cluster, build_cluster
 from sim.errors import LlmsimError
-from sim.model import Precision, Work, layer_params, layer_plan, layer_weight_elems
-from sim.topology import Cluster, build_cluster
+from sim.spec import catalog
 
 ONE_D, TWO_D, GATHERED = "1d-weight-stationary", "2d-weight-stationary", "weight-gathered"
 BF16 = Precision()
@@ -213,9 +213,9 @@ def test_1d_errors_name_the_layout_and_weight_gathered_takes_any_tp():
 def test_a_layout_that_prices_attention_by_batch_sizes_and_balances_by_batch_too():
     """2D on tp=8 of a 12-head model prices attention as an even share of sequences:
     the balanced layer split and the KV cache size follow that same split."""
+    from sim.arith.ops import kv_bytes_per_token_per_device
     from sim.engine.run import plan_attention, plan_replica, simulate
-    from sim.model import kv_bytes_per_token_per_device
-    from sim.scenario import load_scenario
+    from sim.spec.scenario import load_scenario
 
     s = load_scenario(
         {

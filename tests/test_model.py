@@ -6,9 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim.catalog import entries, load_model
-from sim.errors import LlmsimError
-from sim.model import (
+from sim.arith.ops import (
     Precision,
     Work,
     active_params,
@@ -24,6 +22,8 @@ from sim.model import (
     op_flops,
     valid_tp,
 )
+from sim.errors import LlmsimError
+from sim.spec.catalog import entries, load_model
 
 
 @pytest.mark.parametrize("name", ["llama-2-7b", "llama-2-70b", "opt-13b", "mixtral-8x7b"])

@@ -1,5 +1,5 @@
-"""Offloading (sim.offload, sim.engine.offload_exec) and FlexGen's policy search
-(sim.offload_search, `llmsim offload-search`): placements stay within every tier, the
+"""Offloading (sim.spec.offload, sim.engine.offload) and FlexGen's policy search
+(sim.studies.offload_search, `llmsim offload-search`): placements stay within every tier, the
 degenerate cases reduce to the plain simulation, slower links never help, and the LP's
 policy is as good as any hand-enumerated one in the simulator."""
 
@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import yaml
 
-from sim.cli import main
-from sim.engine.offload_exec import check_capacity
+from sim.cli.main import main
+from sim.cost.topology import build_cluster
+from sim.engine.offload import check_capacity
 from sim.engine.run import offload_machine, simulate
 from sim.errors import LlmsimError
-from sim.offload import TENSORS, TIERS, OffloadSpec, tier_bytes
-from sim.offload_search import OffloadModel, search
-from sim.scenario import Scenario, load_scenario
-from sim.topology import build_cluster
+from sim.spec.offload import TENSORS, TIERS, OffloadSpec, tier_bytes
+from sim.spec.scenario import Scenario, load_scenario
+from sim.studies.offload_search import OffloadModel, search
 
 PROMPT, OUTPUT = 64, 4
 

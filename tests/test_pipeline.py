@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from sim.arith.ops import Work
 from sim.cost.stage import StageCost
 from sim.engine.pipeline import SCHEDULES, split_work
 from sim.engine.replica import Replica
 from sim.engine.run import balance_layers, simulate
-from sim.model import Work
 from tests.scenarios_for_tests import make
 
 BASE = {

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from sim.engine.run import simulate
-from sim.report import summary_json
-from sim.scenario import load_scenario
+from sim.results.report import summary_json
+from sim.spec.scenario import load_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = sorted((ROOT / "scenarios").glob("*.yaml"))

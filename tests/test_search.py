@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import yaml
 
-from sim.cli import main
+from sim.cli.main import main
 from sim.engine.run import simulate
 from sim.errors import LlmsimError
-from sim.scenario import load_scenario
-from sim.search import (
+from sim.spec.scenario import load_scenario
+from sim.studies.capacity import (
     CapacityResult,
     Probe,
     RunMetrics,

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from sim.analyze import analyze
-from sim.catalog import load_device, load_model
-from sim.model import (
+from sim.arith.ops import (
     Op,
     Work,
     attention_params,
@@ -28,7 +26,9 @@ from sim.model import (
     op_flops,
     total_params,
 )
-from sim.modelspec import ModelSpec
+from sim.plan.analyze import analyze
+from sim.spec.catalog import load_device, load_model
+from sim.spec.model import ModelSpec
 
 GiB = 2**30
 

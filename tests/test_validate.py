@@ -9,11 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sim import catalog
-from sim.analyze import analyze
+from sim.arith.ops import kv_bytes_per_token, total_params
 from sim.errors import LlmsimError
-from sim.model import kv_bytes_per_token, total_params
-from sim.validate import (
+from sim.fidelity.validate import (
     NOT_REPRODUCIBLE,
     OK,
     SKIPPED,
@@ -23,6 +21,8 @@ from sim.validate import (
     summarize,
     validate,
 )
+from sim.plan.analyze import analyze
+from sim.spec import catalog
 from tests.cli_helpers import run_cli
 
 DATA = default_data_path()

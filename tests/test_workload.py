@@ -15,14 +15,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sim.errors import LlmsimError
-from sim.traces import load_trace
-from sim.workload import (
+from sim.spec.workload import (
     LognormalLength,
     WorkloadSpec,
     generate,
     parse_workload,
     resolve_recipe,
 )
+from sim.workload.traces import load_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACES = ROOT / "workloads" / "traces"

@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from sim.calibrate.profile import (
+from sim.spec.hardware import DeviceSpec
+from sim.spec.profile import (
     AttentionFit,
     AttentionPoint,
     CollectiveFit,
@@ -39,7 +40,6 @@ from sim.calibrate.profile import (
     StreamFit,
     Surface,
 )
-from sim.hardware import DeviceSpec
 from sim.units import dtype_bytes
 
 # Elements written per element read, by element-wise family (norm reads d, writes d;

@@ -3,7 +3,7 @@
 What is measured, each as the median, p10 and p90 seconds of one kernel:
 
 - GEMMs `x[m,k] @ w[k,n]` for the per-device (n, k) of every `gemm` op in the chosen
-  models' layer plans (`sim.model.layer_plan`) at the chosen TP degrees, times a grid of
+  models' layer plans (`sim.arith.ops.layer_plan`) at the chosen TP degrees, times a grid of
   token counts m.
 - Attention: causal prefill of `batch` sequences of `q_len` tokens each, and decode (one
   query per sequence against `kv_len` keys), for the (heads, kv_heads, head_dim) one
@@ -57,8 +57,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from sim.arith.ops import check_tp, layer_plan, valid_tp
 from sim.calibrate.fit import elementwise_bytes, fit_measurements, gemm_bytes
-from sim.calibrate.profile import (
+from sim.errors import LlmsimError
+from sim.spec.hardware import DeviceSpec
+from sim.spec.model import ModelSpec
+from sim.spec.profile import (
     AttentionPoint,
     CollectivePoint,
     CopyPoint,
@@ -69,10 +73,6 @@ from sim.calibrate.profile import (
     Measurements,
     Profile,
 )
-from sim.errors import LlmsimError
-from sim.hardware import DeviceSpec
-from sim.model import check_tp, layer_plan, valid_tp
-from sim.modelspec import ModelSpec
 from sim.units import dtype_bytes
 
 DTYPES: dict[str, torch.dtype] = {
@@ -257,7 +257,7 @@ def parse_device(text: str) -> tuple[str, int | None]:
 
 def resolve(options: Options) -> Run:
     """Check every option (device, dtype, models, TP degrees, catalog device)."""
-    from sim.catalog import load_device, load_model
+    from sim.spec.catalog import load_device, load_model
 
     kind, index = parse_device(options.device)
     if kind == "cuda":
@@ -813,7 +813,7 @@ def _free_port() -> int:
 
 def detect_fabric(count: int) -> str:
     """The intra-node fabric of GPUs 0..count-1 from `nvidia-smi topo -m`, as a
-    sim.hardware fabric kind; "" when it cannot be told. All pairs on NVLink is read
+    sim.spec.hardware fabric kind; "" when it cannot be told. All pairs on NVLink is read
     as an NVSwitch from 8 GPUs up and as a mesh below (HGX boards of 4 are meshes)."""
     try:
         out = subprocess.run(
@@ -1058,7 +1058,7 @@ def profile_device(run: Run, measurements: Measurements) -> tuple[DeviceSpec, bo
     named by --catalog-device; on CUDA the catalog device whose name or alias is the
     GPU's name; otherwise one made from the measurements, named `cpu-calibrated` or
     after the GPU."""
-    from sim.catalog import load_device
+    from sim.spec.catalog import load_device
 
     if run.catalog_device is not None:
         return run.catalog_device, True

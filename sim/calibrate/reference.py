@@ -2,13 +2,13 @@
 
 It exists so that a test can run the same model on the same machine twice, once
 simulated from a calibration profile and once for real, and compare the latencies.
-So it runs the ops of `sim.model.layer_plan` (at tp = 1) and nothing else, with their
+So it runs the ops of `sim.arith.ops.layer_plan` (at tp = 1) and nothing else, with their
 shapes: per layer a norm, one fused QKV matmul, rotary on Q and K, attention, the
 output projection, a residual add, the second norm, the MLP (gate and up, activation
 and multiply, down; or up, activation, down) and the second residual add; around the
 layers the embedding gather, the final norm and the LM head on the last token of each
 sequence (the rows the simulator's LM head prices). Its parameter count is
-`sim.model.total_params` of the spec.
+`sim.arith.ops.total_params` of the spec.
 
 Assumptions: random weights (seeded), no tokenizer and no sampling; eager PyTorch, no
 CUDA graphs. Attention is torch's scaled_dot_product_attention over a preallocated
@@ -35,7 +35,7 @@ from sim.calibrate.harness import (
     rotary,
 )
 from sim.errors import LlmsimError
-from sim.modelspec import ModelSpec
+from sim.spec.model import ModelSpec
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sim.calibrate.profile import (
+from sim.spec.profile import (
     AttentionPoint,
     CollectivePoint,
     ElementwisePoint,

@@ -8,14 +8,14 @@ bytes / bandwidth).
 
 from __future__ import annotations
 
-from sim.calibrate.profile import Profile
+from sim.arith.ops import Precision
 from sim.cost.calibrated import CalibratedKernel
 from sim.cost.collectives import CollectiveModel
 from sim.cost.roofline import OpKernel, RooflineKernel
 from sim.cost.stage import StageCost
 from sim.errors import LlmsimError
-from sim.hardware import DeviceSpec
-from sim.model import Precision
+from sim.spec.hardware import DeviceSpec
+from sim.spec.profile import Profile
 
 __all__ = [
     "CalibratedKernel",
@@ -32,7 +32,7 @@ def make_kernel(
 ) -> tuple[OpKernel, Profile | None]:
     """The kernel a run uses: `calibrated` needs a profile for the device; `auto` uses
     one when the device has it and the roofline otherwise."""
-    from sim.catalog import profile_for
+    from sim.spec.catalog import profile_for
 
     profile = profile_for(device) if mode != "roofline" else None
     if profile is None:

@@ -20,11 +20,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from sim.calibrate.fit import ScalarCurve, SurfacePoint, curve_at
-from sim.calibrate.profile import Profile
-from sim.cost.roofline import RooflineKernel
-from sim.hardware import DeviceSpec
-from sim.model import (
+from sim.arith.ops import (
     Op,
     Precision,
     Work,
@@ -34,6 +30,10 @@ from sim.model import (
     op_bytes,
     op_flops,
 )
+from sim.calibrate.fit import ScalarCurve, SurfacePoint, curve_at
+from sim.cost.roofline import RooflineKernel
+from sim.spec.hardware import DeviceSpec
+from sim.spec.profile import Profile
 from sim.units import dtype_bytes
 
 STREAM_FAMILY = {

@@ -50,9 +50,9 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sim.calibrate.profile import CollectiveFit
+from sim.cost.topology import Cluster
 from sim.errors import LlmsimError
-from sim.topology import Cluster
+from sim.spec.profile import CollectiveFit
 
 Edge = tuple[str, str]
 Coord = tuple[int, ...]

@@ -61,10 +61,7 @@ import math
 from collections.abc import Sequence
 from typing import ClassVar
 
-from sim.calibrate.profile import CollectiveFit
-from sim.cost.collectives import CollectiveModel, Edge, Grid
-from sim.errors import LlmsimError, unknown_name
-from sim.model import (
+from sim.arith.ops import (
     Precision,
     Work,
     all_reduce_bytes,
@@ -75,8 +72,11 @@ from sim.model import (
     local_widths,
     norm_params,
 )
-from sim.modelspec import ModelSpec
-from sim.topology import Cluster
+from sim.cost.collectives import CollectiveModel, Edge, Grid
+from sim.cost.topology import Cluster
+from sim.errors import LlmsimError, unknown_name
+from sim.spec.model import ModelSpec
+from sim.spec.profile import CollectiveFit
 
 KEY = "parallel.tp_layout"
 

@@ -12,8 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
-from sim.hardware import DeviceSpec
-from sim.model import (
+from sim.arith.ops import (
     DEQUANT_FLOPS_PER_VALUE,
     QUANTISED,
     Op,
@@ -25,6 +24,7 @@ from sim.model import (
     op_bytes,
     op_flops,
 )
+from sim.spec.hardware import DeviceSpec
 
 
 class OpKernel(Protocol):

@@ -13,9 +13,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from sim.arith.ops import (
+    LayerPlan,
+    Op,
+    Work,
+    kv_read_bytes_per_token,
+    lm_head_op,
+    op_bytes,
+    op_flops,
+)
 from sim.cost.layouts import Layout
 from sim.cost.roofline import OpKernel
-from sim.model import LayerPlan, Op, Work, kv_read_bytes_per_token, lm_head_op, op_bytes, op_flops
 
 
 class StageCost:

@@ -23,11 +23,11 @@ from typing import Any
 
 import simpy
 
+from sim.cost.topology import Cluster
 from sim.engine.replica import hold_links
 from sim.engine.request import Req
 from sim.engine.router import RouterPolicy
 from sim.errors import LlmsimError
-from sim.topology import Cluster
 
 
 class KVPath:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from sim.model import Work
+from sim.arith.ops import Work
 
 
 @dataclass(frozen=True)

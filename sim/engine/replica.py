@@ -22,14 +22,14 @@ from typing import Any
 import numpy as np
 import simpy
 
+from sim.arith.ops import Work, causal_pairs
 from sim.cost.stage import StageCost
-from sim.engine.batching import BatchingPolicy, Step
+from sim.cost.topology import Route
 from sim.engine.pipeline import FillDrain, MicroBatch, PipelineSchedule
+from sim.engine.policies.base import BatchingPolicy, Step
 from sim.engine.records import Recorder
 from sim.engine.request import DONE, REJECTED, Req
 from sim.engine.state import ReplicaState
-from sim.model import Work, causal_pairs
-from sim.topology import Route
 
 MAX_LEAP = 1 << 16
 

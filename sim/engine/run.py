@@ -19,24 +19,7 @@ import numpy as np
 import pandas as pd
 import simpy
 
-from sim import catalog
-from sim.analyze import layers_per_stage
-from sim.cost import make_kernel
-from sim.cost.layouts import Layout, build_layout, compute_attention, layout_weights
-from sim.cost.roofline import OpKernel
-from sim.cost.stage import StageCost
-from sim.engine.batching import POLICIES, PolicyContext, step_token_cap
-from sim.engine.disagg import KVHandoff, KVPath
-from sim.engine.kv_cache import BlockManager
-from sim.engine.offload_exec import OffloadExecutor, check_capacity
-from sim.engine.records import Recorder
-from sim.engine.replica import Replica, Stage, Transfer
-from sim.engine.request import Req
-from sim.engine.router import ROUTERS
-from sim.engine.state import ReplicaState
-from sim.errors import LlmsimError
-from sim.hardware import LinkSpec
-from sim.model import (
+from sim.arith.ops import (
     Precision,
     Work,
     activation_workspace_bytes,
@@ -48,10 +31,27 @@ from sim.model import (
     stage_weights,
     valid_tp,
 )
-from sim.offload import Machine
-from sim.scenario import Scenario
-from sim.topology import Cluster, build_cluster, join_clusters
-from sim.workload import Arrivals, generate
+from sim.cost import make_kernel
+from sim.cost.layouts import Layout, build_layout, compute_attention, layout_weights
+from sim.cost.roofline import OpKernel
+from sim.cost.stage import StageCost
+from sim.cost.topology import Cluster, build_cluster, join_clusters
+from sim.engine.disagg import KVHandoff, KVPath
+from sim.engine.kv_cache import BlockManager
+from sim.engine.offload import OffloadExecutor, check_capacity
+from sim.engine.policies.base import POLICIES, PolicyContext, step_token_cap
+from sim.engine.records import Recorder
+from sim.engine.replica import Replica, Stage, Transfer
+from sim.engine.request import Req
+from sim.engine.router import ROUTERS
+from sim.engine.state import ReplicaState
+from sim.errors import LlmsimError
+from sim.plan.analyze import layers_per_stage
+from sim.spec import catalog
+from sim.spec.hardware import LinkSpec
+from sim.spec.offload import Machine
+from sim.spec.scenario import Scenario
+from sim.spec.workload import Arrivals, generate
 
 ROUTER_STREAM = 1000  # spawn key of the router's random stream (workload streams are below)
 
@@ -498,7 +498,7 @@ def simulate(
     `records=False` keeps no per-iteration rows (the summary does not need them), so a
     long run's memory holds only the per-request columns; the default follows the
     scenario's `output.records`."""
-    from sim.metrics import (
+    from sim.results.summary import (
         cost_summary,
         device_frame,
         link_frame,

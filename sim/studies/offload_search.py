@@ -1,0 +1,563 @@
+"""FlexGen's policy search (Sheng et al. 2023, §4.3): the offload placement and block
+shape that minimise the time of a block, found by linear programming.
+
+For each block shape on a grid — `gpu_batch_size` and `gpu_batches` in powers of two,
+bounded by what could fit, and `cpu_attention` off or on — the nine placement fractions
+(weights, KV cache and activations over GPU, host DRAM and disk; each tensor's three sum
+to 1) are chosen by `scipy.optimize.linprog` to minimise
+
+    T = Σ_steps ( l · T_step + first_step + ends_step ),   T_step ≥ every stream of the step
+
+subject to every tier's peak bytes (`sim.spec.offload.tier_bytes`) fitting its capacity (GPU:
+memory × gpu_memory_utilization; CPU: host DRAM; disk). The streams are those of
+`sim.spec.offload.layer_terms` (ctog, gtoc, dtoc, ctod, GPU and CPU compute), priced exactly
+as the simulator's `OffloadExecutor.step_seconds` prices them: the GPU compute of a layer
+is the block's GPU batches run one after another, `first` is the first layer's weights,
+which must arrive before anything overlaps them, and `ends` the embedding and LM head.
+This is FlexGen's cost model T = T_pre·l + T_gen·(n−1)·l with its assumptions: within a
+layer the streams overlap perfectly (a layer takes as long as its slowest stream), and
+every step of the block runs the same schedule.
+
+Decode contexts: by default each of the n−1 decode steps is its own term, at the context
+the simulator gives it (prompt + k − 1 cached tokens at step k), so the LP's time is the
+simulator's time. `representative=True` prices one decode step at the mean context and
+counts it n−1 times, as FlexGen does; the LP's time is then an approximation.
+
+Prompts and outputs are taken at their longest in the scenario's workload: a static
+block pads every sequence to them, as FlexGen's benchmark does.
+
+The objective ranks the solved shapes: "throughput" (generated tokens per second,
+block·n / T) or "latency" (seconds per generated token of a block, T / n). The best
+policies are then run in the simulator (static policy, one block of requests arriving
+at once) and their simulated throughput is reported beside the LP's.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from scipy.optimize import linprog
+
+from sim.arith.ops import Work
+from sim.cost import make_kernel
+from sim.engine.offload import StepModel, StepPricer
+from sim.errors import LlmsimError
+from sim.spec.offload import TENSORS, TIERS, VARIABLES, Linear, OffloadSpec, tier_bytes
+from sim.spec.scenario import Scenario
+
+OBJECTIVES = ("throughput", "latency")
+# Capacities the LP may fill, as a share of each tier: a hair under 1 so that the
+# solver's feasibility tolerance never lands a policy over a tier.
+_LP_FILL = 1.0 - 1e-7
+_GB = 1e9
+_TIE = 1e-6
+
+
+@dataclass(frozen=True)
+class Policy:
+    """One placement and block shape, with the LP's prediction and the simulator's."""
+
+    offload: OffloadSpec
+    prompt: int
+    output: int
+    prefill_s: float
+    decode_s: float
+    tier_bytes: dict[str, float]
+    bound: str  # the stream that binds a decode step (at the middle one)
+    simulated_s: float | None = None
+
+    @property
+    def block(self) -> int:
+        return self.offload.block
+
+    @property
+    def seconds(self) -> float:
+        """The LP's time for the block: prefill and every decode step."""
+        return self.prefill_s + self.decode_s
+
+    @property
+    def seconds_per_token(self) -> float:
+        """Seconds per generated token of one sequence (the latency objective)."""
+        return self.seconds / self.output
+
+    @property
+    def throughput(self) -> float:
+        """Generated tokens per second (FlexGen's metric)."""
+        return self.block * self.output / self.seconds
+
+    @property
+    def simulated_throughput(self) -> float | None:
+        if self.simulated_s is None:
+            return None
+        return self.block * self.output / self.simulated_s
+
+    def score(self, objective: str) -> float:
+        """Smaller is better."""
+        return self.seconds_per_token if objective == "latency" else -self.throughput
+
+    def to_dict(self) -> dict[str, Any]:
+        o = self.offload
+        return {
+            "gpu_batch_size": o.gpu_batch_size,
+            "gpu_batches": o.gpu_batches,
+            "block": o.block,
+            "cpu_attention": o.cpu_attention,
+            "weights": list(o.weights),
+            "kv": list(o.kv),
+            "activations": list(o.activations),
+            "prefill_s": self.prefill_s,
+            "decode_s": self.decode_s,
+            "lp_seconds": self.seconds,
+            "lp_seconds_per_token": self.seconds_per_token,
+            "lp_throughput_tokens_per_s": self.throughput,
+            "simulated_seconds": self.simulated_s,
+            "simulated_throughput_tokens_per_s": self.simulated_throughput,
+            "tier_bytes": dict(self.tier_bytes),
+            "decode_bound": self.bound,
+        }
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    objective: str
+    prompt: int
+    output: int
+    capacities: dict[str, float]
+    policies: tuple[Policy, ...]  # best first
+    shapes_solved: int  # (block shape, cpu_attention) points given to the LP
+    shapes_feasible: int
+    representative: bool = False
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def best(self) -> Policy:
+        return self.policies[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "objective": self.objective,
+            "prompt": self.prompt,
+            "output": self.output,
+            "decode_context": "representative" if self.representative else "every step",
+            "capacities_bytes": dict(self.capacities),
+            "shapes_solved": self.shapes_solved,
+            "shapes_feasible": self.shapes_feasible,
+            "policies": [p.to_dict() for p in self.policies],
+            "snippet": offload_snippet(self.best),
+        }
+
+
+class OffloadModel:
+    """The offload cost and memory model of one scenario's model and machine, priced as
+    the simulator's executor prices a step."""
+
+    def __init__(self, scenario: Scenario):
+        from sim.cost.topology import build_cluster
+        from sim.engine.run import offload_machine
+
+        s = scenario
+        self.model = s.model
+        self.precision = s.precision.build()
+        cluster = build_cluster(s.cluster)
+        try:
+            self.machine = offload_machine(cluster)
+            kernel, _ = make_kernel(cluster.device, self.precision, s.engine.cost)
+        except LlmsimError as exc:
+            raise s.error(exc.message, exc.key or "cluster") from None
+        self.pricer = StepPricer(self.model, self.precision, self.machine, kernel)
+        util = s.scheduler.policy_params().gpu_memory_utilization
+        self.capacity = {
+            "gpu": cluster.device.memory_bytes * util,
+            "cpu": self.machine.cpu_bytes,
+            "disk": self.machine.disk_bytes,
+        }
+
+    def step(self, spec: OffloadSpec, work: Work, logits: int, repeat: int = 1) -> StepModel:
+        """One step of `spec`'s block, priced exactly as the simulator prices it."""
+        return self.pricer.step(spec, work, logits, repeat)
+
+    def steps(
+        self, spec: OffloadSpec, prompt: int, output: int, representative: bool = False
+    ) -> list[StepModel]:
+        """The prefill and the n−1 decode steps of one block (static, padded: decode step
+        k reads prompt + k − 1 cached tokens per sequence)."""
+        b = spec.block
+        out = [self.step(spec, Work.prefill(b, prompt), b)]
+        if output <= 1:
+            return out
+        if representative:
+            mid = round(prompt + (output - 2) / 2)
+            out.append(self.step(spec, Work.decode(b, mid), b, repeat=output - 1))
+        else:
+            out += [self.step(spec, Work.decode(b, prompt + k), b) for k in range(output - 1)]
+        return out
+
+    def tiers(self, spec: OffloadSpec, prompt: int, output: int) -> dict[str, Linear]:
+        return tier_bytes(self.model, self.precision, spec, prompt, output)
+
+    def fits_somewhere(self, spec: OffloadSpec, prompt: int, output: int) -> tuple[bool, bool]:
+        """Necessary conditions: (the GPU's fixed part fits, all tiers together hold
+        everything), each at the placement that needs least of it."""
+        tiers = self.tiers(spec, prompt, output)
+        gpu = tiers["gpu"]
+        gpu_min = gpu.const + sum(
+            min(gpu.coef.get(f"{t}.{tier}", 0.0) for tier in TIERS) for t in TENSORS
+        )
+        total_min = sum(lin.const for lin in tiers.values()) + sum(
+            min(sum(lin.coef.get(f"{t}.{tier}", 0.0) for lin in tiers.values()) for tier in TIERS)
+            for t in TENSORS
+        )
+        return gpu_min <= self.capacity["gpu"], total_min <= sum(self.capacity.values())
+
+
+# ------------------------------------------------------------------------ the LP
+
+
+def _lp(
+    om: OffloadModel,
+    steps: list[StepModel],
+    tiers: dict[str, Linear],
+    slack: bool = False,
+) -> Any:
+    """Solve for the placement. Variables: the nine fractions, one T per step, and
+    (with `slack`) one overflow per tier, the objective then being the least overflow."""
+    nv, ns = len(VARIABLES), len(steps)
+    nt = len(TIERS) if slack else 0
+    n = nv + ns + nt
+    index = {v: i for i, v in enumerate(VARIABLES)}
+    layers = om.model.n_layers
+    c = np.zeros(n)
+    if slack:  # any overflow is charged to the GPU only when nothing else can take it
+        c[nv + ns :] = [1e3 if tier == "gpu" else 1.0 for tier in TIERS]
+    else:
+        for s, step in enumerate(steps):
+            c[nv + s] = step.repeat * layers
+            for v, coef in step.first.coef.items():
+                c[index[v]] += step.repeat * coef
+            # A tie-breaker: among placements equally fast, the one that moves least
+            # (streams that do not bind are still kept short).
+            for term in step.terms.values():
+                for v, coef in term.coef.items():
+                    c[index[v]] += _TIE * step.repeat * layers * coef
+    rows: list[np.ndarray] = []
+    rhs: list[float] = []
+    if not slack:
+        for s, step in enumerate(steps):
+            for term in step.terms.values():
+                if not term.coef and term.const == 0.0:
+                    continue
+                row = np.zeros(n)
+                for v, coef in term.coef.items():
+                    row[index[v]] += coef
+                row[nv + s] = -1.0
+                rows.append(row)
+                rhs.append(-term.const)
+    for i, tier in enumerate(TIERS):
+        lin = tiers[tier]
+        row = np.zeros(n)
+        for v, coef in lin.coef.items():
+            row[index[v]] += coef
+        # Bytes are scaled to GB so the solver's tolerances mean the same on every row.
+        row /= _GB
+        if slack:
+            row[nv + ns + i] = -1.0  # GB over
+        rows.append(row)
+        rhs.append((om.capacity[tier] * _LP_FILL - lin.const) / _GB)
+    a_eq = np.zeros((len(TENSORS), n))
+    for j, t in enumerate(TENSORS):
+        for tier in TIERS:
+            a_eq[j, index[f"{t}.{tier}"]] = 1.0
+    bounds = [(0.0, 1.0)] * nv + [(0.0, None)] * (ns + nt)
+    return linprog(
+        c,
+        A_ub=np.array(rows),
+        b_ub=np.array(rhs),
+        A_eq=a_eq,
+        b_eq=np.ones(len(TENSORS)),
+        bounds=bounds,
+        method="highs",
+    )
+
+
+def _fits(om: OffloadModel, tiers: dict[str, Linear], values: dict[str, float]) -> bool:
+    return all(tiers[t].at(values) <= om.capacity[t] for t in TIERS)
+
+
+def _round_placement(
+    om: OffloadModel, tiers: dict[str, Linear], steps: list[StepModel], x: np.ndarray
+) -> dict[str, float] | None:
+    """The LP's fractions on a grid of 1/10⁴ (then 1/10⁶) that pastes cleanly into YAML:
+    of the roundings of each tensor's fractions up or down (one tier taking the rest),
+    the fastest that leaves every tier within its capacity."""
+    raw = {v: min(1.0, max(0.0, float(x[i]))) for i, v in enumerate(VARIABLES)}
+    layers = om.model.n_layers
+    for q in (10**4, 10**6):
+        options: list[set[tuple[int, int, int]]] = []
+        for t in TENSORS:
+            scaled = [round(raw[f"{t}.{tier}"] * q, 3) for tier in TIERS]
+            found: set[tuple[int, int, int]] = set()
+            for rest in range(3):
+                a, b = (k for k in range(3) if k != rest)
+                for ra in (math.floor, math.ceil):
+                    for rb in (math.floor, math.ceil):
+                        grid = [0, 0, 0]
+                        grid[a], grid[b] = ra(scaled[a]), rb(scaled[b])
+                        grid[rest] = q - grid[a] - grid[b]
+                        if grid[rest] >= 0:
+                            found.add((grid[0], grid[1], grid[2]))
+            options.append(found)
+        best: tuple[float, dict[str, float]] | None = None
+        for combo in itertools.product(*(sorted(o) for o in options)):
+            values = {
+                f"{t}.{tier}": combo[j][k] / q
+                for j, t in enumerate(TENSORS)
+                for k, tier in enumerate(TIERS)
+            }
+            if not _fits(om, tiers, values):
+                continue
+            seconds = sum(step.seconds(values, layers) for step in steps)
+            if best is None or seconds < best[0]:
+                best = (seconds, values)
+        if best is not None:
+            return best[1]
+    return raw if _fits(om, tiers, raw) else None
+
+
+def _solve(
+    om: OffloadModel,
+    spec: OffloadSpec,
+    prompt: int,
+    output: int,
+    steps: list[StepModel],
+) -> Policy | None:
+    tiers = om.tiers(spec, prompt, output)
+    res = _lp(om, steps, tiers)
+    if res.status != 0:
+        return None
+    values = _round_placement(om, tiers, steps, res.x)
+    if values is None:
+        return None
+    frac = {t: tuple(values[f"{t}.{tier}"] for tier in TIERS) for t in TENSORS}
+    placed = spec.model_copy(update=frac)
+    layers = om.model.n_layers
+    prefill_s = steps[0].seconds(values, layers)
+    decode_s = sum(step.seconds(values, layers) for step in steps[1:])
+    middle = steps[min(len(steps) - 1, max(1, len(steps) // 2))]
+    return Policy(
+        offload=placed,
+        prompt=prompt,
+        output=output,
+        prefill_s=prefill_s,
+        decode_s=decode_s,
+        tier_bytes={t: tiers[t].at(values) for t in TIERS},
+        bound=middle.bound(values),
+    )
+
+
+def _powers(limit: int) -> tuple[int, ...]:
+    return tuple(2**k for k in range(max(1, limit).bit_length()) if 2**k <= limit)
+
+
+def workload_lengths(scenario: Scenario) -> tuple[int, int]:
+    """The longest prompt and output of the scenario's requests (a block pads to them)."""
+    from sim.spec.workload import generate
+
+    try:
+        arrivals = generate(scenario.workload, scenario.seed, scenario.base_dir)
+    except LlmsimError as exc:
+        raise exc.at(file=exc.file or scenario.file) from None
+    if not len(arrivals):
+        raise scenario.error("no requests to size the block by", "workload")
+    return int(arrivals.prompt_tokens.max()), int(arrivals.output_tokens.max())
+
+
+def search(
+    scenario: Scenario,
+    objective: str = "throughput",
+    gpu_batch_sizes: tuple[int, ...] | None = None,
+    gpu_batches: tuple[int, ...] | None = None,
+    cpu_attention: tuple[bool, ...] = (False, True),
+    *,
+    top: int = 5,
+    max_block: int = 2048,
+    representative: bool = False,
+    simulate: bool = True,
+) -> SearchResult:
+    """The best offload policies for `scenario`'s model, machine and request lengths.
+
+    `gpu_batch_sizes` and `gpu_batches` default to the powers of two up to `max_block`
+    sequences in a block, pruned where the GPU's fixed part (embedding, two streamed
+    layers, one GPU batch's activations) or all tiers together cannot hold the block.
+    With `simulate`, each returned policy is also run in the simulator."""
+    if objective not in OBJECTIVES:
+        raise LlmsimError(
+            f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}", key="objective"
+        )
+    if top < 1:
+        raise LlmsimError(f"top must be at least 1, got {top}", key="top")
+    for name, given in (("gpu_batch_sizes", gpu_batch_sizes), ("gpu_batches", gpu_batches)):
+        if given is not None and (not given or min(given) < 1):
+            raise LlmsimError(f"expected positive integers, got {list(given)}", key=name)
+    if not cpu_attention:
+        raise LlmsimError("give at least one of false, true", key="cpu_attention")
+    par = scenario.parallel
+    if (par.tp, par.pp, par.replicas) != (1, 1, 1) or scenario.disaggregation is not None:
+        raise scenario.error(
+            "the offload search places one replica on one GPU: tp, pp and replicas must be 1 "
+            "(and no disaggregation)",
+            "parallel",
+        )
+    om = OffloadModel(scenario)
+    prompt, output = workload_lengths(scenario)
+    sizes = gpu_batch_sizes or _powers(max_block)
+    counts = gpu_batches or _powers(max_block)
+    found: list[Policy] = []
+    solved = 0
+    smallest: OffloadSpec | None = None
+    for gbs in sorted(set(sizes)):
+        for nb in sorted(set(counts)):
+            if gpu_batches is None and gbs * nb > max_block:
+                break
+            shape = OffloadSpec(gpu_batch_size=gbs, gpu_batches=nb)
+            if smallest is None or shape.block < smallest.block:
+                smallest = shape
+            gpu_ok, total_ok = om.fits_somewhere(shape, prompt, output)
+            if not gpu_ok:
+                break  # a bigger block of the same GPU batch needs as much GPU, and more
+            if not total_ok:
+                break
+            base = om.steps(shape, prompt, output, representative)
+            for cpu in cpu_attention:
+                spec = shape.model_copy(update={"cpu_attention": cpu})
+                steps = base if not cpu else om.steps(spec, prompt, output, representative)
+                solved += 1
+                policy = _solve(om, spec, prompt, output, steps)
+                if policy is not None:
+                    found.append(policy)
+    if not found:
+        assert smallest is not None
+        raise _shortfall(scenario, om, smallest, prompt, output)
+    found.sort(key=lambda p: (p.score(objective), p.block, p.offload.cpu_attention))
+    best = found[:top]
+    if simulate:
+        best = [replace(p, simulated_s=simulate_policy(scenario, p)) for p in best]
+    return SearchResult(
+        objective=objective,
+        prompt=prompt,
+        output=output,
+        capacities=dict(om.capacity),
+        policies=tuple(best),
+        shapes_solved=solved,
+        shapes_feasible=len(found),
+        representative=representative,
+    )
+
+
+def _shortfall(
+    scenario: Scenario, om: OffloadModel, shape: OffloadSpec, prompt: int, output: int
+) -> LlmsimError:
+    """Why nothing fits: the least overflow of the smallest block, by tier (the LP with
+    each tier allowed to overflow, charged to the GPU only where nothing else can help)."""
+    tiers = om.tiers(shape, prompt, output)
+    res = _lp(om, [], tiers, slack=True)
+    assert res.status == 0, res.message  # every placement is allowed to overflow
+    over = {t: max(0.0, float(res.x[len(VARIABLES) + i])) * _GB for i, t in enumerate(TIERS)}
+    what = (
+        f"the smallest block ({shape.gpu_batches} GPU batch(es) of {shape.gpu_batch_size} "
+        f"sequence(s), {prompt}+{output} tokens each)"
+    )
+    cap = om.capacity
+    if over["gpu"] > 1.0:
+        message = (
+            f"no offload policy fits: {what} needs {over['gpu'] / _GB:.2f} GB of GPU memory "
+            f"beyond the {cap['gpu'] / _GB:.1f} GB usable (embedding, two streamed layers and "
+            "one GPU batch's activations stay on the GPU); use a GPU with more memory, a "
+            "shorter prompt, or a smaller weight dtype"
+        )
+    else:
+        short = over["cpu"] + over["disk"]
+        message = (
+            f"no offload policy fits: {what} needs {short / _GB:.1f} GB beyond the "
+            f"{cap['cpu'] / _GB:.0f} GB of host DRAM and {cap['disk'] / _GB:.0f} GB of disk "
+            f"(with {cap['gpu'] / _GB:.1f} GB on the GPU); add that much DRAM or disk, or "
+            "use smaller dtypes"
+        )
+    return scenario.error(message, "offload")
+
+
+# ------------------------------------------------------------------ the simulator
+
+
+def policy_scenario(scenario: Scenario, policy: Policy) -> Scenario:
+    """`scenario` running `policy`: its `offload:`, a static batch of one block, and one
+    block of requests (the policy's prompt and output) arriving at once."""
+    from sim.spec.scenario import load_scenario
+
+    data = scenario.resolved_dict()
+    for key in ("compare", "offload"):
+        data.pop(key, None)
+    o = policy.offload
+    data["offload"] = {
+        "weights": list(o.weights),
+        "kv": list(o.kv),
+        "activations": list(o.activations),
+        "gpu_batch_size": o.gpu_batch_size,
+        "gpu_batches": o.gpu_batches,
+        "cpu_attention": o.cpu_attention,
+    }
+    util = scenario.scheduler.policy_params().gpu_memory_utilization
+    data["scheduler"] = {
+        "policy": "static",
+        "batch_size": o.block,
+        "padding": "padded",
+        "gpu_memory_utilization": util,
+    }
+    data["workload"] = {
+        "requests": o.block,
+        "arrival": {"process": "burst"},
+        "prompt": {"dist": "fixed", "value": policy.prompt},
+        "output": {"dist": "fixed", "value": policy.output},
+    }
+    data["output"] = {"records": False}
+    data.get("engine", {}).pop("until_s", None)  # the block runs to its end
+    try:
+        return load_scenario(data)
+    except LlmsimError as exc:
+        raise exc.at(file=scenario.file) from None
+
+
+def simulate_policy(scenario: Scenario, policy: Policy) -> float:
+    """Simulated seconds for one block of `policy` (burst at t = 0 to the last token)."""
+    from sim.engine.run import simulate
+
+    results = simulate(policy_scenario(scenario, policy), records=False)
+    return float(results.summary["sim_time_s"])
+
+
+def offload_snippet(policy: Policy) -> str:
+    """The policy as YAML to paste into a scenario."""
+    o = policy.offload
+
+    def fr(v: tuple[float, float, float]) -> str:
+        return "[" + ", ".join(_decimal(x) for x in v) + "]"
+
+    return (
+        "offload:\n"
+        f"  weights: {fr(o.weights)}        # gpu, cpu, disk\n"
+        f"  kv: {fr(o.kv)}\n"
+        f"  activations: {fr(o.activations)}\n"
+        f"  gpu_batch_size: {o.gpu_batch_size}\n"
+        f"  gpu_batches: {o.gpu_batches}\n"
+        f"  cpu_attention: {'true' if o.cpu_attention else 'false'}\n"
+        f"scheduler: {{policy: static, batch_size: {o.block}}}\n"
+    )
+
+
+def _decimal(x: float) -> str:
+    """A fraction as plain decimals (YAML reads `1e-06` as a string)."""
+    text = f"{x:.6f}".rstrip("0").rstrip(".")
+    return text if text not in ("", "-0") else "0"

@@ -1,0 +1,652 @@
+"""Sweeps: many variants of one scenario, run in parallel, one row each in a table.
+
+A sweep file names a base scenario and the variants to run:
+
+    name: tp-vs-replicas
+    scenario: ../scenarios/llama-2-70b-chat-sla.yaml   # relative to this file
+    task: capacity            # or run (the default)
+    capacity: {target: 0.99, seeds: 3}                  # options of the search
+    set: {cluster: dgx-h100-x2}                         # overrides every task shares
+    grid:                                               # cartesian product
+      parallel.tp:parallel.pp:parallel.replicas: [[8, 1, 2], [4, 1, 4], "2:2:4"]
+      scheduler.policy: [vllm, sarathi]
+    list:                                               # explicit override sets
+      - {parallel.tp: 8, scheduler.policy: orca}
+    output: results/sweeps/tp-vs-replicas.sqlite        # default results/sweeps/<name>.sqlite
+
+A grid key `K1:K2` varies keys together (zipped): each value is a list with one item
+per key, or a string `A1:A2` split the way `llmsim compare --vary` splits it. With both
+`grid` and `list`, every list entry is combined with every grid point. A task applies
+the shared `set` first, then its grid point, then its list entry (a key may appear in
+only one of the three).
+
+Each task is the base scenario with its overrides, simulated once (`run`) or searched
+for its capacity (`capacity`, sim.studies.capacity). Its row carries its id (a hash of the
+scenario path as written, the overrides, the task kind and the search options: change
+any and it is a new task), the overrides, ok/error with the one-line error, the key
+metrics, the resolved scenario as YAML and the wall seconds. For `run` tasks the
+metrics are the run's summary (attainment and goodput over all its requests); for
+`capacity` tasks they are the means over seeds at the capacity (sim.studies.capacity counts them
+in the measurement window).
+
+Rows are written to an SQLite table (stdlib sqlite3, table `tasks`) by this process
+alone, each committed as soon as its task ends: a sweep that is stopped keeps every
+finished row, and run again it skips the tasks already in the table (editing the base
+scenario file does not change an id: give another output to run afresh). A task that
+fails (bad override, a model that does not fit) is a row with status `error`; the
+others run on. Relative `output` paths are taken from the working directory, as a
+scenario's `output.dir` is.
+
+Executors: a local process pool (`jobs` workers; 1 runs in this process), or Ray — a
+local instance, or a cluster at `address` whose nodes have llmsim installed and the
+sweep's files at the same paths. After the sweep, `ranked` orders the rows by capacity
+(or goodput) and `pareto_front` keeps those no other row beats on both that metric and
+cost per million output tokens; the CLI writes the front to `<table stem>.pareto.csv`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import sqlite3
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import pandas as pd
+import yaml
+from pydantic import ConfigDict, Field, ValidationError, model_validator
+
+from sim.errors import LlmsimError, pydantic_error
+from sim.spec.base import Spec
+from sim.studies.compare import (
+    VaryAxis,
+    check_jobs,
+    default_jobs,
+    expand,
+    run_parallel,
+    split_top_level,
+)
+
+if TYPE_CHECKING:
+    from sim.spec.scenario import Scenario
+
+TABLE = "tasks"
+EXECUTORS = ("local", "ray")
+Pairs = tuple[tuple[str, Any], ...]  # (key, value) overrides, in the order applied
+
+
+# ------------------------------------------------------------------------- spec
+
+
+class CapacityOptions(Spec):
+    """The options of sim.studies.capacity.capacity a `task: capacity` sweep passes on."""
+
+    target: float = Field(default=0.99, gt=0, le=1)
+    seeds: int = Field(default=3, ge=1)
+    warmup: float = Field(default=0.1, ge=0, lt=1)
+    drain: float = Field(default=0.1, ge=0, lt=1)
+    tolerance: float = Field(default=0.02, gt=0)
+    max_probes: int = Field(default=40, ge=2)
+
+    @model_validator(mode="after")
+    def _window(self) -> CapacityOptions:
+        if self.warmup + self.drain >= 1:
+            raise ValueError("warmup + drain must be < 1")
+        return self
+
+
+class SweepSpec(Spec):
+    """A sweep file (see the module docstring)."""
+
+    model_config = ConfigDict(populate_by_name=False)
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    scenario: str = Field(min_length=1)
+    task: Literal["run", "capacity"] = "run"
+    capacity: CapacityOptions | None = None
+    common: dict[str, Any] = Field(default_factory=dict, alias="set")
+    grid: dict[str, tuple[Any, ...]] = Field(default_factory=dict)
+    entries: tuple[dict[str, Any], ...] = Field(default=(), alias="list")
+    output: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SweepSpec:
+        if self.capacity is not None and self.task != "capacity":
+            raise ValueError("capacity options need task: capacity")
+        for key, values in self.grid.items():
+            if not values:
+                raise ValueError(f"grid {key}: give at least one value")
+        return self
+
+    @property
+    def options(self) -> CapacityOptions:
+        return self.capacity or CapacityOptions()
+
+
+@dataclass(frozen=True)
+class SweepTask:
+    """One task: everything a worker needs to run it (it pickles)."""
+
+    index: int  # 1-based position in the sweep
+    task_id: str
+    sweep: str
+    kind: str  # run | capacity
+    scenario_path: str
+    overrides: Pairs  # the task's own, in order
+    common: Pairs  # the sweep's `set`
+    options: Pairs  # capacity options
+
+    @property
+    def label(self) -> str:
+        return " ".join(f"{k}={_label(v)}" for k, v in self.overrides) or "base"
+
+    @property
+    def assignments(self) -> list[str]:
+        """`key=value` strings for load_scenario: shared first, then the task's."""
+        return [f"{k}={_text(v)}" for k, v in (*self.common, *self.overrides)]
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A loaded sweep: its spec, its tasks and its table."""
+
+    spec: SweepSpec
+    table: Path
+    tasks: tuple[SweepTask, ...]
+
+    @property
+    def metric(self) -> str:
+        """What the sweep ranks by: capacity, else goodput."""
+        return "capacity_rps" if self.spec.task == "capacity" else "goodput_rps"
+
+
+def _text(value: Any) -> str:
+    """A value as YAML text that reads back as itself (JSON is YAML)."""
+    return json.dumps(value, sort_keys=True)
+
+
+def _label(value: Any) -> str:
+    """A value as a reader writes it: YAML flow style, keys in the order given."""
+    text = yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=1 << 20)
+    text = text.strip().removesuffix("...").strip()
+    return text if yaml.safe_load(text) == value else _text(value)
+
+
+def task_id(
+    scenario: str,
+    common: Sequence[tuple[str, Any]],
+    overrides: Sequence[tuple[str, Any]],
+    kind: str,
+    options: Sequence[tuple[str, Any]],
+) -> str:
+    """A stable 16-hex-digit id: the same inputs give the same id on any machine."""
+    doc = {
+        "scenario": scenario,
+        "overrides": [[k, v] for k, v in (*common, *overrides)],
+        "task": kind,
+        "options": dict(options),
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _grid_axis(
+    key: str, values: Sequence[Any], values_by_text: dict[tuple[str, str], Any]
+) -> VaryAxis:
+    """One grid entry as a compare.VaryAxis whose points are JSON texts; each value is
+    kept, as given, in `values_by_text`."""
+    keys = tuple(k.strip() for k in key.split(":"))
+    where = f"grid.{key}"
+    for k in keys:
+        if not k or any(not part for part in k.split(".")):
+            raise LlmsimError(f"empty key in {key!r}", key=where)
+    points: list[tuple[str, ...]] = []
+    for value in values:
+        if len(keys) == 1:
+            parts: list[Any] = [value]
+        elif isinstance(value, list | tuple):
+            parts = list(value)
+        elif isinstance(value, str):
+            try:
+                texts = [p.strip() for p in split_top_level(value, ":")]
+                parts = [yaml.safe_load(t) for t in texts]
+            except (ValueError, yaml.YAMLError) as exc:
+                raise LlmsimError(f"{exc} in value {value!r}", key=where) from None
+        else:
+            raise LlmsimError(
+                f"{len(keys)} keys vary together: give each value as a list of {len(keys)} "
+                f"or a string 'A1:A2', got {value!r}",
+                key=where,
+            )
+        if len(parts) != len(keys):
+            raise LlmsimError(
+                f"{len(keys)} keys but value {value!r} has {len(parts)} part(s)", key=where
+            )
+        points.append(tuple(_text(p) for p in parts))
+        for k, p in zip(keys, parts, strict=True):
+            values_by_text[(k, _text(p))] = p
+    return VaryAxis(keys, tuple(points))
+
+
+def expand_tasks(spec: SweepSpec, scenario_path: str = "") -> tuple[SweepTask, ...]:
+    """The sweep's tasks in order: grid points (first key outermost) × list entries.
+    `scenario_path` is where workers read the base scenario."""
+    given: dict[tuple[str, str], Any] = {}
+    axes = [_grid_axis(key, values, given) for key, values in spec.grid.items()]
+    common = tuple(spec.common.items())
+    seen = {k for k, _ in common}
+    for axis in axes:
+        for key in axis.keys:
+            if key in seen:
+                raise LlmsimError(f"{key} is set or varied twice", key="grid")
+            seen.add(key)
+    for i, mapping in enumerate(spec.entries):
+        for key in mapping:
+            if key in seen:
+                raise LlmsimError(f"{key} is also in set or grid", key=f"list.{i}")
+    points: list[Pairs] = [
+        tuple((k, given[(k, v)]) for k, v in variant.assignments) for variant in expand(axes)
+    ]
+    entries: list[Pairs] = [tuple(e.items()) for e in spec.entries] or [()]
+    options: Pairs = tuple(spec.options.model_dump().items()) if spec.task == "capacity" else ()
+    tasks: list[SweepTask] = []
+    for point in points:
+        for entry in entries:
+            overrides = (*point, *entry)
+            tid = task_id(spec.scenario, common, overrides, spec.task, options)
+            tasks.append(
+                SweepTask(
+                    len(tasks) + 1,
+                    tid,
+                    spec.name,
+                    spec.task,
+                    scenario_path,
+                    overrides,
+                    common,
+                    options,
+                )
+            )
+    ids = [t.task_id for t in tasks]
+    if len(set(ids)) != len(ids):
+        raise LlmsimError("two tasks have the same overrides", key="list")
+    return tuple(tasks)
+
+
+def load_sweep(path: str | Path, output: str | Path | None = None) -> Sweep:
+    """Read and validate a sweep file; `output` replaces its table path."""
+    from sim.spec import catalog
+
+    file = Path(path)
+    if not file.exists():
+        raise LlmsimError("file not found", file=str(path))
+    raw = catalog.read_yaml(file)
+    if not isinstance(raw, dict):
+        raise LlmsimError("a sweep is a YAML mapping", file=str(path))
+    try:
+        spec = SweepSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise pydantic_error(exc, str(path)) from None
+    scenario = (file.resolve().parent / spec.scenario).resolve()
+    if not scenario.is_file():
+        raise LlmsimError(f"file not found: {scenario}", file=str(path), key="scenario")
+    try:
+        tasks = expand_tasks(spec, str(scenario))
+    except LlmsimError as exc:
+        raise exc.at(file=str(path)) from None
+    table = Path(output or spec.output or f"results/sweeps/{spec.name}.sqlite")
+    return Sweep(spec, table, tasks)
+
+
+# ------------------------------------------------------------------------- table
+
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("task_id", "TEXT PRIMARY KEY"),
+    ("seq", "INTEGER"),
+    ("sweep", "TEXT"),
+    ("task", "TEXT"),
+    ("label", "TEXT"),
+    ("overrides", "TEXT"),
+    ("status", "TEXT"),
+    ("error", "TEXT"),
+    ("note", "TEXT"),
+    ("throughput_rps", "REAL"),
+    ("goodput_rps", "REAL"),
+    ("attainment", "REAL"),
+    ("output_tokens_per_s", "REAL"),
+    ("ttft_p50_s", "REAL"),
+    ("ttft_p99_s", "REAL"),
+    ("tpot_p50_s", "REAL"),
+    ("tpot_p99_s", "REAL"),
+    ("capacity_rps", "REAL"),
+    ("capacity_lo_rps", "REAL"),
+    ("capacity_hi_rps", "REAL"),
+    ("capacity_converged", "INTEGER"),
+    ("devices", "INTEGER"),
+    ("usd_per_hour", "REAL"),
+    ("usd_per_million_output_tokens", "REAL"),
+    ("scenario_yaml", "TEXT"),
+    ("wall_s", "REAL"),
+)
+NAMES = tuple(name for name, _ in COLUMNS)
+
+
+class ResultsTable:
+    """The sweep's SQLite table: one row per task, each committed when written."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(str(path))
+            self.conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {TABLE} ({', '.join(f'{n} {t}' for n, t in COLUMNS)})"
+            )
+            self.conn.commit()
+            have = tuple(r[1] for r in self.conn.execute(f"PRAGMA table_info({TABLE})"))
+        except (OSError, sqlite3.Error) as exc:
+            raise LlmsimError(f"cannot open the results table: {exc}", file=str(path)) from None
+        if have != NAMES:
+            self.conn.close()
+            raise LlmsimError(
+                f"table {TABLE} has other columns than this llmsim writes; give another "
+                "output path",
+                file=str(path),
+            )
+
+    def done_ids(self, ok_only: bool = False) -> set[str]:
+        where = " WHERE status = 'ok'" if ok_only else ""
+        return {r[0] for r in self.conn.execute(f"SELECT task_id FROM {TABLE}{where}")}
+
+    def write(self, row: dict[str, Any]) -> None:
+        values = [row.get(name) for name in NAMES]
+        marks = ", ".join("?" for _ in NAMES)
+        self.conn.execute(f"INSERT OR REPLACE INTO {TABLE} VALUES ({marks})", values)
+        self.conn.commit()
+
+    def frame(self, ids: Sequence[str] | None = None) -> pd.DataFrame:
+        """The rows (of `ids` only, when given), in sweep order."""
+        frame = pd.read_sql_query(f"SELECT * FROM {TABLE} ORDER BY seq, task_id", self.conn)
+        if ids is not None:
+            frame = frame[frame["task_id"].isin(set(ids))].reset_index(drop=True)
+        return frame
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+# ------------------------------------------------------------------------- tasks
+
+
+def run_task(task: SweepTask) -> dict[str, Any]:
+    """Run one task and return its row (module level: it runs in a worker). Bad input
+    becomes an error row with its one line; so does an unexpected exception, named."""
+    from sim.spec.scenario import load_scenario
+
+    wall0 = time.perf_counter()
+    row: dict[str, Any] = {
+        "task_id": task.task_id,
+        "seq": task.index,
+        "sweep": task.sweep,
+        "task": task.kind,
+        "label": task.label,
+        "overrides": json.dumps(dict(task.overrides)),
+        "status": "ok",
+    }
+    try:
+        scenario = load_scenario(task.scenario_path, task.assignments)
+        row["scenario_yaml"] = yaml.safe_dump(scenario.resolved_dict(), sort_keys=False)
+        if task.kind == "capacity":
+            row.update(_capacity_metrics(scenario, dict(task.options)))
+        else:
+            row.update(_run_metrics(scenario))
+    except LlmsimError as exc:
+        row.update(status="error", error=exc.line())
+    except Exception as exc:  # a bug, not bad input: keep the sweep going, say what
+        row.update(status="error", error=f"internal error: {type(exc).__name__}: {exc}")
+    row["wall_s"] = time.perf_counter() - wall0
+    return row
+
+
+def _run_metrics(scenario: Scenario) -> dict[str, Any]:
+    from sim.engine.run import simulate
+
+    s = simulate(scenario, records=False).summary
+    slo, cost = s.get("slo") or {}, s.get("cost") or {}
+    return {
+        "throughput_rps": s.get("throughput_rps"),
+        "goodput_rps": slo.get("goodput_rps"),
+        "attainment": slo.get("attainment"),
+        "output_tokens_per_s": s.get("output_tokens_per_s"),
+        "ttft_p50_s": s["ttft_s"]["p50"],
+        "ttft_p99_s": s["ttft_s"]["p99"],
+        "tpot_p50_s": s["tpot_s"]["p50"],
+        "tpot_p99_s": s["tpot_s"]["p99"],
+        "devices": cost.get("devices"),
+        "usd_per_hour": cost.get("usd_per_hour"),
+        "usd_per_million_output_tokens": cost.get("usd_per_million_output_tokens"),
+    }
+
+
+def _capacity_metrics(scenario: Scenario, options: dict[str, Any]) -> dict[str, Any]:
+    from sim.studies.capacity import CURVE_METRICS, capacity
+
+    r = capacity(scenario, jobs=1, loads=(), **options)
+    at = r.at_capacity
+    metrics: dict[str, Any] = {
+        "capacity_rps": r.capacity_rps,
+        "capacity_lo_rps": r.interval_rps[0],
+        "capacity_hi_rps": r.interval_rps[1],
+        "capacity_converged": int(r.converged),
+        "devices": r.devices,
+        "usd_per_hour": r.usd_per_hour,
+    }
+    if at is not None:
+        metrics["attainment"] = at.attainment
+        for name in CURVE_METRICS:
+            metrics[name] = at.mean(name)
+    notes = [r.note, *r.warnings] if r.note else list(r.warnings)
+    if notes:
+        metrics["note"] = "; ".join(notes)  # why the answer may be short or shaky
+    return metrics
+
+
+# --------------------------------------------------------------------- executors
+
+
+def _local(tasks: Sequence[SweepTask], jobs: int) -> Iterator[dict[str, Any]]:
+    """Rows as tasks finish: in this process (jobs=1) or a pool of `jobs` processes;
+    stopped early, the tasks not yet started are cancelled."""
+    with closing(run_parallel(run_task, tasks, jobs, cancel=True)) as finished:
+        for _, row in finished:
+            yield row
+
+
+def import_ray() -> Any:
+    """The `ray` module, or the one-line error saying how to get it."""
+    try:
+        return importlib.import_module("ray")
+    except ImportError:
+        raise LlmsimError(
+            "the ray executor needs Ray: pip install 'llmsim[ray]'", key="--executor"
+        ) from None
+
+
+def _ray(
+    tasks: Sequence[SweepTask], jobs: int | None, address: str | None
+) -> Iterator[dict[str, Any]]:
+    """Rows as tasks finish on Ray: a cluster at `address`, or a local instance with
+    `jobs` CPUs. Workers must import `sim` (install llmsim on the cluster's nodes)."""
+    ray = import_ray()
+    started = False
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "ERROR"}
+        if address:
+            kwargs["address"] = address
+        elif jobs:
+            kwargs["num_cpus"] = jobs
+        try:
+            ray.init(**kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise LlmsimError(f"cannot start or reach Ray: {exc}", key="--address") from None
+        started = True
+    remote = ray.remote(num_cpus=1, max_retries=0)(run_task)
+    pending = [remote.remote(t) for t in tasks]
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            yield ray.get(done[0])
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        if started:
+            ray.shutdown()
+
+
+# ------------------------------------------------------------------------- sweep
+
+
+@dataclass
+class SweepOutcome:
+    """What a sweep did, and its rows (this sweep's tasks only, in sweep order)."""
+
+    rows: pd.DataFrame
+    ran: int
+    skipped: int
+    left: int  # tasks not run (a --limit)
+
+
+def run_sweep(
+    sweep: Sweep,
+    *,
+    executor: str = "local",
+    jobs: int | None = None,
+    address: str | None = None,
+    limit: int | None = None,
+    retry_errors: bool = False,
+    progress: bool | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> SweepOutcome:
+    """Run the tasks not yet in the table, writing each row as it finishes.
+
+    `limit` runs at most that many of them now (the rest on a later call);
+    `retry_errors` runs again the tasks whose rows say error; `on_row` sees each row
+    after it is committed. `progress` draws a tqdm bar (default: on a terminal)."""
+    if executor not in EXECUTORS:
+        raise LlmsimError(
+            f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}", key="--executor"
+        )
+    check_jobs(jobs)
+    if limit is not None and limit < 0:
+        raise LlmsimError(f"expected a number >= 0 (got {limit})", key="--limit")
+    if address and executor != "ray":
+        raise LlmsimError("--address is for --executor ray", key="--address")
+    if executor == "ray":
+        import_ray()  # fail before opening anything
+    table = ResultsTable(sweep.table)
+    try:
+        done = table.done_ids(ok_only=retry_errors)
+        pending = [t for t in sweep.tasks if t.task_id not in done]
+        skipped = len(sweep.tasks) - len(pending)
+        todo = pending if limit is None else pending[:limit]
+        if executor == "ray":
+            rows = _ray(todo, jobs, address)
+        else:
+            rows = _local(todo, jobs or default_jobs(len(todo)))
+        bar = _bar(len(todo), progress, sweep.spec.name)
+        ran = 0
+        try:
+            for row in rows:
+                table.write(row)
+                ran += 1
+                if bar is not None:
+                    bar.update(1)
+                if on_row is not None:
+                    on_row(row)
+        finally:
+            close = getattr(rows, "close", None)
+            if close is not None:
+                close()
+            if bar is not None:
+                bar.close()
+        frame = table.frame([t.task_id for t in sweep.tasks])
+    finally:
+        table.close()
+    return SweepOutcome(frame, ran, skipped, len(pending) - len(todo))
+
+
+def _bar(total: int, enabled: bool | None, name: str) -> Any:
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled or total == 0:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="task", desc=name, leave=False, file=sys.stderr)
+
+
+# ------------------------------------------------------------------------ pareto
+
+
+def ranked(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """ok rows by `metric`, highest first (missing last), then the error rows."""
+    ok = rows[rows["status"] == "ok"].sort_values(
+        [metric, "seq"], ascending=[False, True], na_position="last", kind="stable"
+    )
+    return pd.concat([ok, rows[rows["status"] != "ok"]], ignore_index=True)
+
+
+def pareto_front(
+    rows: pd.DataFrame,
+    metric: str,
+    cost: str = "usd_per_million_output_tokens",
+    max_cost: float | None = None,
+) -> pd.DataFrame:
+    """The ok rows no other row beats on both counts: none has a higher (or equal)
+    `metric` at a lower (or equal) `cost`, one of them strictly. Rows without either
+    value, or with a cost above `max_cost`, are left out. Sorted by cost."""
+    ok = rows[(rows["status"] == "ok") & rows[metric].notna() & rows[cost].notna()]
+    if max_cost is not None:
+        ok = ok[ok[cost] <= max_cost]
+    ok = ok.sort_values([cost, metric, "seq"], ascending=[True, False, True], kind="stable")
+    front, best = [], float("-inf")
+    for idx, row in ok.iterrows():
+        if row[metric] > best:
+            front.append(idx)
+            best = row[metric]
+    return ok.loc[front].reset_index(drop=True)
+
+
+def pareto_path(table: Path) -> Path:
+    """Where the Pareto front is written: `<table stem>.pareto.csv` beside the table."""
+    return table.with_name(f"{table.stem}.pareto.csv")
+
+
+REPORT_COLUMNS = (
+    "task_id",
+    "label",
+    "capacity_rps",
+    "capacity_lo_rps",
+    "capacity_hi_rps",
+    "goodput_rps",
+    "throughput_rps",
+    "attainment",
+    "ttft_p99_s",
+    "tpot_p99_s",
+    "devices",
+    "usd_per_hour",
+    "usd_per_million_output_tokens",
+)
+
+
+def write_pareto(front: pd.DataFrame, path: Path) -> Path:
+    try:
+        front.loc[:, list(REPORT_COLUMNS)].to_csv(path, index=False)
+    except OSError as exc:
+        raise LlmsimError(f"cannot write: {exc.strerror}", file=str(path)) from None
+    return path
