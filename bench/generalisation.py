@@ -28,10 +28,10 @@ from sim.calibrate.fit import (  # noqa: E402
     WRITE_PER_READ,
     elementwise_bytes,
     gemm_targets,
-    stream_time,
     surface_at,
 )
 from sim.calibrate.vidur import DEVICES, compute_points, default_root, models_of  # noqa: E402
+from sim.cost.curves import stream_time  # noqa: E402
 from sim.spec.catalog import load_device  # noqa: E402
 from sim.spec.profile import Measurements  # noqa: E402
 from sim.units import dtype_bytes  # noqa: E402

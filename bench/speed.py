@@ -35,8 +35,8 @@ ONE_MILLION = ROOT / "bench" / "scenarios" / "bench-1m-64-replicas.yaml"
 CHILD = """
 import json, sys, time
 t0 = time.perf_counter()
-from sim.engine.run import simulate
-from sim.spec.scenario import load_scenario
+from sim.results.run import simulate
+from sim.plan import load_scenario
 s = load_scenario(sys.argv[1], sys.argv[2:])
 res = simulate(s)
 print(json.dumps({"sim_wall_s": res.wall_s, "events": res.events,

@@ -16,10 +16,10 @@ __version__ = "0.1.0"
 __all__ = ["analyze", "load_model", "load_scenario", "simulate"]
 
 if TYPE_CHECKING:
-    from sim.engine.run import simulate
+    from sim.plan import load_scenario
     from sim.plan.analyze import analyze
+    from sim.results.run import simulate
     from sim.spec.catalog import load_model
-    from sim.spec.scenario import load_scenario
 
 
 def __getattr__(name: str) -> Any:
@@ -33,11 +33,11 @@ def __getattr__(name: str) -> Any:
 
         return load_model
     if name == "simulate":
-        from sim.engine.run import simulate
+        from sim.results.run import simulate
 
         return simulate
     if name == "load_scenario":
-        from sim.spec.scenario import load_scenario
+        from sim.plan import load_scenario
 
         return load_scenario
     raise AttributeError(f"module 'sim' has no attribute {name!r}")

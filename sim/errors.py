@@ -30,10 +30,12 @@ class LlmsimError(Exception):
         return LlmsimError(self.message, file=file or self.file, key=key)
 
 
-def unknown_name(kind: str, name: str, valid: Iterable[str]) -> LlmsimError:
+def unknown_name(
+    kind: str, name: str, valid: Iterable[str], plural: str | None = None
+) -> LlmsimError:
     names = sorted(valid)
     shown = ", ".join(names[:60]) + (", ..." if len(names) > 60 else "")
-    return LlmsimError(f"unknown {kind} {name!r}; valid {kind}s: {shown}")
+    return LlmsimError(f"unknown {kind} {name!r}; valid {plural or kind + 's'}: {shown}")
 
 
 _TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "tuple", "none"}

@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from sim.spec.scenario import Scenario, load_scenario
+from sim.plan import load_scenario
+from sim.spec.scenario import Scenario
 
 
 def make(base: dict[str, Any], **changes: Any) -> Scenario:

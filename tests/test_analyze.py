@@ -6,8 +6,10 @@ import json
 
 import pytest
 
+from sim.arith.memory import layers_per_stage
+from sim.arith.precision import Precision
 from sim.errors import LlmsimError
-from sim.plan.analyze import analyze, layers_per_stage
+from sim.plan.analyze import analyze
 from tests.cli_helpers import run_cli
 
 REQUIRED_KEYS = {
@@ -197,10 +199,10 @@ def test_catalog_unknown_kind(capsys):
 def test_pipeline_weights_match_the_engine(model):
     """`analyze`'s most loaded device holds what the simulator sizes: with tied
     embeddings both end stages keep the whole matrix (embedding and LM head)."""
+    from sim.arith.memory import weight_bytes_per_device
     from sim.cost.topology import build_cluster
-    from sim.engine.run import plan_replica
-    from sim.plan.analyze import weight_bytes_per_device
-    from sim.spec.scenario import load_scenario
+    from sim.plan import load_scenario
+    from sim.plan.memory import plan_memory as plan_replica
 
     s = load_scenario(
         {
@@ -216,7 +218,7 @@ def test_pipeline_weights_match_the_engine(model):
             },
         }
     )
-    precision = s.precision.build()
+    precision = Precision.of(s.precision)
     sizes = plan_replica(s, build_cluster(s.cluster), precision)
     assert weight_bytes_per_device(s.model, 2, 3, precision) == pytest.approx(
         max(sizes.weight_bytes), rel=1e-12

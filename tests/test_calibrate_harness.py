@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sim.arith.ops import layer_plan, total_params
+from sim.arith.ops import layer_plan
+from sim.arith.params import total_params
 from sim.cli.main import main
 from sim.spec.catalog import load_model
 from sim.spec.model import ModelSpec

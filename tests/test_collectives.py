@@ -204,15 +204,15 @@ def test_grid_on_a_torus_follows_its_axes():
 
 
 def _finish_times(cluster_name: str, pairs: list[tuple[str, str]], size: float) -> list[float]:
-    from sim.engine.replica import transfer
-    from sim.engine.run import LinkPool
+    from sim.engine.resources import Links
+    from sim.plan.deploy import Network
 
     env = simpy.Environment()
-    pool = LinkPool(env, cluster(cluster_name))
+    links, net, graph = Links(env), Network(), cluster(cluster_name)
     done: list[float] = []
 
     def send(src: str, dst: str):
-        yield from transfer(env, pool.path(src, dst), size)
+        yield from links.transfer(net.path(graph, src, dst), size)
         done.append(env.now)
 
     for src, dst in pairs:

@@ -279,9 +279,9 @@ def test_process_pool_matches_in_process(tmp_path):
 
 
 def test_chrome_trace_has_one_x_event_per_stage_execution(tmp_path):
-    from sim.engine.run import simulate
+    from sim.plan import load_scenario
+    from sim.results.run import simulate
     from sim.results.trace import chrome_trace, write_trace
-    from sim.spec.scenario import load_scenario
 
     results = simulate(load_scenario(small(tmp_path), ["parallel.pp=2"]), records=True)
     trace = chrome_trace(results)

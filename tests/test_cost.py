@@ -11,13 +11,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim.arith.ops import Op, Precision, Work, layer_plan
-from sim.calibrate.fit import fit_stream, fit_surface, stream_time, surface_at
+from sim.arith.ops import Op, Work, layer_plan
+from sim.arith.precision import Precision
+from sim.calibrate.fit import fit_stream, fit_surface, surface_at
 from sim.cli.main import main
-from sim.cost import CalibratedKernel, CollectiveModel, RooflineKernel, make_kernel
+from sim.cost import CalibratedKernel, CollectiveModel, RooflineKernel
+from sim.cost.curves import stream_time
 from sim.cost.roofline import floor_time
 from sim.cost.topology import build_cluster
 from sim.plan.analyze import op_breakdown
+from sim.plan.kernels import make_kernel
 from sim.spec import catalog
 from sim.spec.profile import GemmPoint, Measurements, Profile
 

@@ -21,9 +21,9 @@ torch = pytest.importorskip("torch", reason="the calibrate extra (PyTorch) is no
 
 from sim.calibrate.reference import measure_decode_step, measure_prefill  # noqa: E402
 from sim.cli.main import main  # noqa: E402
-from sim.engine.run import simulate  # noqa: E402
+from sim.plan import load_scenario  # noqa: E402
+from sim.results.run import simulate  # noqa: E402
 from sim.spec import catalog  # noqa: E402
-from sim.spec.scenario import load_scenario  # noqa: E402
 
 TOY = {
     "name": "toy-llama",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sim.engine.run import simulate
 from sim.errors import LlmsimError
+from sim.results.run import simulate
 from sim.spec import catalog
 from tests.scenarios_for_tests import make
 

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sim.engine.run import simulate
+from sim.plan import load_scenario
 from sim.results.report import summary_json
+from sim.results.run import simulate
 from sim.results.summary import latency_columns
-from sim.spec.scenario import load_scenario
 from tests.scenarios_for_tests import make
 
 BASE = {

@@ -8,7 +8,10 @@ import math
 
 import pytest
 
-from sim.arith.ops import Precision, Work, layer_params, layer_plan, layer_weight_elems
+from sim.arith.memory import layer_weight_elems
+from sim.arith.ops import Work, layer_plan
+from sim.arith.params import layer_params
+from sim.arith.precision import Precision
 from sim.cost import RooflineKernel
 from sim.cost.layouts import (
     LAYOUTS,
@@ -213,9 +216,11 @@ def test_1d_errors_name_the_layout_and_weight_gathered_takes_any_tp():
 def test_a_layout_that_prices_attention_by_batch_sizes_and_balances_by_batch_too():
     """2D on tp=8 of a 12-head model prices attention as an even share of sequences:
     the balanced layer split and the KV cache size follow that same split."""
-    from sim.arith.ops import kv_bytes_per_token_per_device
-    from sim.engine.run import plan_attention, plan_replica, simulate
-    from sim.spec.scenario import load_scenario
+    from sim.arith.memory import kv_bytes_per_token_per_device
+    from sim.plan import load_scenario
+    from sim.plan.layers import plan_attention
+    from sim.plan.memory import plan_memory as plan_replica
+    from sim.results.run import simulate
 
     s = load_scenario(
         {

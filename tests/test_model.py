@@ -6,22 +6,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sim.arith.memory import kv_bytes_per_token, kv_bytes_per_token_per_device, layer_weight_elems
 from sim.arith.ops import (
-    Precision,
     Work,
-    active_params,
     check_tp,
-    flops_per_token,
-    kv_bytes_per_token,
-    kv_bytes_per_token_per_device,
-    layer_params,
     layer_plan,
-    layer_weight_elems,
     moe_active_experts,
     op_bytes,
     op_flops,
     valid_tp,
 )
+from sim.arith.params import active_params, flops_per_token, layer_params
+from sim.arith.precision import Precision
 from sim.errors import LlmsimError
 from sim.spec.catalog import entries, load_model
 

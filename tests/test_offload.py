@@ -13,13 +13,16 @@ import numpy as np
 import pytest
 import yaml
 
+from sim.arith.precision import Precision
 from sim.cli.main import main
+from sim.cost.offload import tier_bytes
 from sim.cost.topology import build_cluster
-from sim.engine.offload import check_capacity
-from sim.engine.run import offload_machine, simulate
 from sim.errors import LlmsimError
-from sim.spec.offload import TENSORS, TIERS, OffloadSpec, tier_bytes
-from sim.spec.scenario import Scenario, load_scenario
+from sim.plan import load_scenario
+from sim.plan.offload import check_capacity, offload_machine
+from sim.results.run import simulate
+from sim.spec.offload import TENSORS, TIERS, OffloadSpec
+from sim.spec.scenario import Scenario
 from sim.studies.offload_search import OffloadModel, search
 
 PROMPT, OUTPUT = 64, 4
@@ -83,7 +86,9 @@ def needs(s: Scenario) -> dict[str, float]:
     assert s.offload is not None
     return {
         t: lin.at(s.offload.values())
-        for t, lin in tier_bytes(s.model, s.precision.build(), s.offload, PROMPT, OUTPUT).items()
+        for t, lin in tier_bytes(
+            s.model, Precision.of(s.precision), s.offload, PROMPT, OUTPUT
+        ).items()
     }
 
 
@@ -118,7 +123,7 @@ def test_random_placements_fit_or_are_rejected_naming_the_tier():
         assert s.offload is not None
         checked = check_capacity(
             s.model,
-            s.precision.build(),
+            Precision.of(s.precision),
             s.offload,
             offload_machine(build_cluster(s.cluster)),
             PROMPT,

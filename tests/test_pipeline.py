@@ -9,7 +9,8 @@ from sim.arith.ops import Work
 from sim.cost.stage import StageCost
 from sim.engine.pipeline import SCHEDULES, split_work
 from sim.engine.replica import Replica
-from sim.engine.run import balance_layers, simulate
+from sim.plan.layers import balance_layers
+from sim.results.run import simulate
 from tests.scenarios_for_tests import make
 
 BASE = {

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from sim.engine.run import simulate
+from sim.plan import load_scenario
 from sim.results.report import summary_json
-from sim.spec.scenario import load_scenario
+from sim.results.run import simulate
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = sorted((ROOT / "scenarios").glob("*.yaml"))

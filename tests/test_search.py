@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from sim.cli.main import main
-from sim.engine.run import simulate
 from sim.errors import LlmsimError
-from sim.spec.scenario import load_scenario
+from sim.plan import load_scenario
+from sim.results.run import simulate
 from sim.studies.capacity import (
     CapacityResult,
     Probe,

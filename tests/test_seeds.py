@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import pytest
 
-from sim.arith.ops import (
-    Op,
-    Work,
+from sim.arith.memory import kv_bytes_peak, kv_bytes_per_token
+from sim.arith.ops import Op, Work, op_flops
+from sim.arith.params import (
     attention_params,
     flops_per_token,
-    kv_bytes_peak,
-    kv_bytes_per_token,
-    kv_tokens_kept,
     layer_params,
     mlp_params,
     non_embedding_params,
-    op_flops,
     total_params,
 )
 from sim.plan.analyze import analyze
@@ -261,8 +257,8 @@ def test_seed001_line151_sliding_window_caps_kv_at_4096():
     # Mistral 7B (the seed writes "Llama7B").
     m = load_model("mistral-7b")
     assert m.sliding_window == 4096
-    assert kv_tokens_kept(m, 10_000) == 4096
-    assert kv_tokens_kept(m, 1000) == 1000
+    assert m.kv_tokens_kept(10_000) == 4096
+    assert m.kv_tokens_kept(1000) == 1000
     assert kv_bytes_peak(m, 1, 8000, 2000) == 4096 * kv_bytes_per_token(m)
 
 

@@ -306,7 +306,7 @@ def test_other_bad_options(tmp_path, capsys):
 
 @pytest.mark.parametrize("path", sorted((ROOT / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_sweeps_load_and_every_task_is_a_valid_scenario(path):
-    from sim.spec.scenario import load_scenario
+    from sim.plan import load_scenario
 
     sweep = load_sweep(path)
     assert sweep.tasks and sweep.table.name == f"{sweep.spec.name}.sqlite"

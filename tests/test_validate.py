@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sim.arith.ops import kv_bytes_per_token, total_params
+from sim.arith.memory import kv_bytes_per_token
+from sim.arith.params import total_params
 from sim.errors import LlmsimError
 from sim.fidelity.validate import (
     NOT_REPRODUCIBLE,

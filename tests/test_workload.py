@@ -15,13 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sim.errors import LlmsimError
-from sim.spec.workload import (
-    LognormalLength,
-    WorkloadSpec,
-    generate,
-    parse_workload,
-    resolve_recipe,
-)
+from sim.spec.recipes import resolve_recipe
+from sim.spec.workload import LognormalLength, WorkloadSpec, parse_workload
+from sim.workload.arrivals import generate
 from sim.workload.traces import load_trace
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,53 +22,10 @@ import functools
 from dataclasses import dataclass, field
 from typing import Literal
 
+from sim.arith.memory import layer_weight_elems, local_widths
+from sim.arith.precision import DEQUANT_FLOPS_PER_VALUE, QUANTISED, Precision
 from sim.errors import LlmsimError
 from sim.spec.model import ModelSpec
-from sim.units import dtype_bytes
-
-
-@dataclass(frozen=True)
-class Precision:
-    """Separate dtypes for weights, activations and the KV cache. Matmuls run at the
-    activation dtype (weight-only int8/int4 dequantise on the fly)."""
-
-    weights: str = "bf16"
-    activations: str = "bf16"
-    kv: str = "bf16"
-    group_size: int = 64  # int8/int4 values share an fp16 scale and zero per group
-    w_bytes: float = field(init=False, repr=False, compare=False)
-    a_bytes: float = field(init=False, repr=False, compare=False)
-    kv_bytes: float = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        sizes = []
-        for role in ("weights", "activations", "kv"):
-            try:
-                sizes.append(dtype_bytes(getattr(self, role)))
-            except ValueError as exc:
-                raise LlmsimError(str(exc), key=f"precision.{role}") from None
-        if self.group_size < 1:
-            raise LlmsimError("must be at least 1", key="precision.group_size")
-        # Group-wise quantised values carry 4 bytes (fp16 scale and zero) per group.
-        overhead = 4.0 / self.group_size
-        if self.weights in QUANTISED:
-            sizes[0] += overhead
-        if self.kv in QUANTISED:
-            sizes[2] += overhead
-        # Byte sizes are read on the hot path: resolve them once.
-        object.__setattr__(self, "w_bytes", sizes[0])
-        object.__setattr__(self, "a_bytes", sizes[1])
-        object.__setattr__(self, "kv_bytes", sizes[2])
-
-    @property
-    def compute_dtype(self) -> str:
-        return self.activations
-
-
-QUANTISED = ("int8", "int4")
-# Dequantising one int8/int4 value (unpack, subtract the zero, scale) on the general-
-# purpose cores, not the matrix units: the cost FlexGen and gpt-fast pay for compression.
-DEQUANT_FLOPS_PER_VALUE = 4.0
 
 OpKind = Literal["gemm", "attn_prefill", "attn_decode", "elementwise", "all_reduce"]
 
@@ -139,6 +96,42 @@ class Work:
     def decode(batch: int, context: int) -> Work:
         """`batch` sequences each generating one token against `context` cached ones."""
         return Work(tokens=batch, decode_seqs=batch, decode_kv_tokens=batch * context)
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    work: Work
+    logits: int
+
+
+def split_work(work: Work, logits: int, parts: int) -> list[MicroBatch]:
+    """Cut a step's work into `parts` micro-batches of (nearly) equal size: integer
+    counts differ by at most one, sums of pairs and KV tokens are shared out in the
+    same proportions as the tokens. Empty parts are dropped."""
+    parts = max(1, min(parts, max(work.tokens, 1)))
+    if parts == 1:
+        return [MicroBatch(work, logits)]
+
+    def cut(total: int) -> list[int]:
+        base, extra = divmod(total, parts)
+        return [base + (1 if i < extra else 0) for i in range(parts)]
+
+    pre, seqs, lg = cut(work.prefill_tokens), cut(work.decode_seqs), cut(logits)
+    out = []
+    for i in range(parts):
+        p_share = pre[i] / work.prefill_tokens if work.prefill_tokens else 0.0
+        d_share = seqs[i] / work.decode_seqs if work.decode_seqs else 0.0
+        mb = Work(
+            tokens=pre[i] + seqs[i],
+            prefill_tokens=pre[i],
+            prefill_pairs=work.prefill_pairs * p_share,
+            prefill_kv_tokens=round(work.prefill_kv_tokens * p_share),
+            decode_seqs=seqs[i],
+            decode_kv_tokens=round(work.decode_kv_tokens * d_share),
+        )
+        if mb.tokens:
+            out.append(MicroBatch(mb, lg[i]))
+    return out
 
 
 @dataclass(frozen=True)
@@ -280,9 +273,6 @@ def layer_plan(
     return LayerPlan(model, tp, precision, plan_ops, weights)
 
 
-# --------------------------------------------------------------------------- per op
-
-
 def moe_active_experts(count: int, top_k: int, tokens: int) -> float:
     """Expected distinct experts hit when `tokens` tokens each pick `top_k` of `count`
     experts uniformly: count·(1 − (1 − k/count)^tokens)."""
@@ -388,217 +378,6 @@ def all_reduce_bytes(op: Op, work: Work, precision: Precision) -> float:
     return op.elems * work.tokens * precision.a_bytes
 
 
-# ----------------------------------------------------------------------- closed forms
-
-
-def norm_params(model: ModelSpec) -> int:
-    return 2 * model.d_model if model.norm == "layernorm" else model.d_model
-
-
-def attention_params(model: ModelSpec) -> int:
-    d = model.d_model
-    params = d * model.q_dim + 2 * d * model.kv_dim + model.q_dim * d
-    if model.has_qkv_bias:
-        params += model.q_dim + 2 * model.kv_dim
-    if model.bias:
-        params += d
-    return params
-
-
-def mlp_params(model: ModelSpec) -> int:
-    d = model.d_model
-    if model.moe is not None:
-        ff = model.d_ff_expert
-        per_expert = (3 if model.mlp == "gated" else 2) * d * ff
-        experts = model.moe.n_experts + model.moe.shared_experts
-        return experts * per_expert + d * model.moe.n_experts
-    ff = model.d_ff
-    mats = 3 if model.mlp == "gated" else 2
-    params = mats * d * ff
-    if model.bias:
-        params += (mats - 1) * ff + d
-    return params
-
-
-def layer_params(model: ModelSpec) -> int:
-    """Parameters of one transformer layer: 12d² + 13d for a GPT-style MHA block."""
-    n_norms = 1 if model.parallel_block else 2
-    return attention_params(model) + mlp_params(model) + n_norms * norm_params(model)
-
-
-def embedding_params(model: ModelSpec) -> int:
-    d = model.d_model
-    params = model.vocab_size * d
-    if model.position == "learned":
-        params += model.max_seq_len * d
-    if not model.tied_embeddings and not model.encoder_only:
-        params += model.vocab_size * d
-    return params
-
-
-def non_embedding_params(model: ModelSpec) -> int:
-    """Parameters of the transformer layers alone (the seeds' count)."""
-    return model.n_layers * layer_params(model)
-
-
-def total_params(model: ModelSpec) -> int:
-    return non_embedding_params(model) + embedding_params(model) + norm_params(model)
-
-
-def active_params(model: ModelSpec) -> int:
-    """Parameters a token touches (MoE: top_k of the experts)."""
-    if model.moe is None:
-        return total_params(model)
-    d, ff = model.d_model, model.d_ff_expert
-    mats = 3 if model.mlp == "gated" else 2
-    inactive = (model.moe.n_experts - model.moe.top_k) * mats * d * ff
-    return total_params(model) - model.n_layers * inactive
-
-
-def local_widths(model: ModelSpec, n: int, attention: str = "heads") -> tuple[int, int]:
-    """(Q, K/V) projection widths on one of `n` devices: whole heads each (K/V heads
-    replicated below one a device), or, with attention split by batch, an even 1/n of
-    the projection columns."""
-    if attention == "batch":
-        return -(-model.q_dim // n), -(-model.kv_dim // n)
-    dh = model.head_dim
-    return model.n_heads // n * dh, max(1, model.kv_heads // n) * dh
-
-
-def layer_weight_elems(model: ModelSpec, tp: int, attention: str = "heads") -> float:
-    """Weight elements one device of a `tp` group holds for one layer (K/V heads are
-    replicated when split by heads over more devices than there are K/V heads)."""
-    d = model.d_model
-    q_local, kv_local = local_widths(model, tp, attention)
-    attn = d * (q_local + 2 * kv_local) + q_local * d
-    if model.has_qkv_bias:
-        attn += q_local + 2 * kv_local
-    if model.bias:
-        attn += d
-    if model.moe is not None:
-        ff = model.d_ff_expert // tp
-        mats = 3 if model.mlp == "gated" else 2
-        mlp = (model.moe.n_experts + model.moe.shared_experts) * mats * d * ff
-        mlp += d * model.moe.n_experts
-    else:
-        ff = model.d_ff // tp
-        mats = 3 if model.mlp == "gated" else 2
-        mlp = mats * d * ff + ((mats - 1) * ff + d if model.bias else 0)
-    n_norms = 1 if model.parallel_block else 2
-    return float(attn + mlp + n_norms * norm_params(model))
-
-
-def embedding_weight_elems(model: ModelSpec, tp: int) -> float:
-    """Embedding and LM-head elements per device (vocab-parallel over `tp`)."""
-    d = model.d_model
-    elems = model.vocab_size * d / tp
-    if model.position == "learned":
-        elems += model.max_seq_len * d
-    if not model.tied_embeddings and not model.encoder_only:
-        elems += model.vocab_size * d / tp
-    return elems + norm_params(model)
-
-
-def stage_weights(stages: list[int], per_layer: float, embedding: float, tied: bool) -> list[float]:
-    """Weights of each pipeline stage's device (any unit): its layers, plus the embedding
-    on the first stage and the LM head on the last — halves of `embedding` (one device's
-    embedding and LM head together), or the whole of it on both when the two are one
-    tied matrix."""
-    out = []
-    for i, layers in enumerate(stages):
-        w = layers * per_layer
-        if len(stages) == 1:
-            w += embedding
-        elif i == 0 or i == len(stages) - 1:
-            w += embedding / 2 if not tied else embedding
-        out.append(w)
-    return out
-
-
-def kv_value_bytes(kv: str | Precision) -> float:
-    """Bytes of one cached K or V value: a dtype's size, or a precision's (whose
-    group-wise quantised KV also carries its scales and zeros)."""
-    return kv.kv_bytes if isinstance(kv, Precision) else dtype_bytes(kv)
-
-
-def kv_bytes_per_token_per_device(
-    model: ModelSpec,
-    tp: int,
-    layers: int,
-    kv_dtype: str | Precision = "bf16",
-    attention: str = "heads",
-) -> float:
-    """KV bytes one device of a TP group keeps per token of the batch, for `layers`
-    layers: its K/V heads when attention is split by heads (replicated below one head a
-    device), or 1/tp of every token's K/V when split by batch (whole sequences live on
-    one device)."""
-    size = kv_value_bytes(kv_dtype)
-    if attention == "batch" and tp > 1:
-        return 2.0 * layers * model.kv_dim * size / tp
-    return 2.0 * layers * max(1, model.kv_heads // tp) * model.head_dim * size
-
-
-def kv_bytes_per_token(model: ModelSpec, kv_dtype: str | Precision = "bf16") -> float:
-    """2 (K and V) · n_layers · n_kv_heads · d_head · bytes: 4·l·d in bf16 for MHA."""
-    return 2.0 * model.n_layers * model.kv_dim * kv_value_bytes(kv_dtype)
-
-
-def kv_tokens_kept(model: ModelSpec, context: int) -> int:
-    """Tokens of KV a sequence keeps: the whole context, or the sliding window."""
-    if model.sliding_window is not None:
-        return min(context, model.sliding_window)
-    return context
-
-
-def kv_bytes_peak(
-    model: ModelSpec, batch: int, prompt: int, output: int, kv_dtype: str | Precision = "bf16"
-) -> float:
-    """bytes · 2 · b · l · h · (s + n): the KV cache at the end of generation."""
-    return batch * kv_tokens_kept(model, prompt + output) * kv_bytes_per_token(model, kv_dtype)
-
-
-def flops_per_token(model: ModelSpec, context: int = 0) -> dict[str, float]:
-    """Forward FLOPs of one token through all layers, split by op, at a KV `context`.
-
-    At context 0 a GPT block gives 24d² per layer: 6d² QKV, 2d² output projection,
-    16d² FFN. Attention (QKᵀ and PV) adds 4·context·n_heads·d_head per layer.
-    """
-    d, layers = model.d_model, model.n_layers
-    kept = kv_tokens_kept(model, context)
-    if model.moe is not None:
-        mats = 3 if model.mlp == "gated" else 2
-        ffn = 2.0 * model.moe.top_k * mats * d * model.d_ff_expert + 2.0 * d * model.moe.n_experts
-    else:
-        ffn = 2.0 * (3 if model.mlp == "gated" else 2) * d * model.d_ff
-    split = {
-        "qkv": 2.0 * d * (model.q_dim + 2 * model.kv_dim) * layers,
-        "attention": 4.0 * kept * model.q_dim * layers,
-        "o_proj": 2.0 * model.q_dim * d * layers,
-        "ffn": ffn * layers,
-    }
-    return split
-
-
 def lm_head_op(model: ModelSpec, tp: int) -> Op:
     """The LM head on one device: the vocabulary split `tp` ways (rounded up)."""
     return Op("lm_head", "gemm", n=-(-model.vocab_size // tp), k=model.d_model)
-
-
-def lm_head_flops_per_token(model: ModelSpec) -> float:
-    return 0.0 if model.encoder_only else 2.0 * model.d_model * model.vocab_size
-
-
-def activation_workspace_bytes(
-    model: ModelSpec, tokens: int, tp: int, precision: Precision
-) -> float:
-    """Peak transient activations of one forward pass over `tokens` tokens on one device:
-    the residual stream and the widest intermediate (QKV or MLP), plus fp32 logits for
-    the sequences that sample. A profile-free stand-in for vLLM's measured peak."""
-    dh = model.head_dim
-    qkv = (model.n_heads // tp + 2 * max(1, model.kv_heads // tp)) * dh
-    ff = model.d_ff_expert // tp
-    mlp = (2 if model.mlp == "gated" or model.moe else 1) * ff
-    widest = max(qkv, mlp + ff)
-    per_token = (3 * model.d_model + widest) * precision.a_bytes
-    logits = min(tokens, 256) * model.vocab_size / tp * 4.0
-    return tokens * per_token + logits

@@ -17,13 +17,13 @@ Curves are binned medians, so a few wild points do not move them.
 
 from __future__ import annotations
 
-import bisect
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
+from sim.cost.curves import stream_time
 from sim.spec.hardware import DeviceSpec
 from sim.spec.profile import (
     AttentionFit,
@@ -86,40 +86,6 @@ def _trilinear(surface: Surface, x: np.ndarray) -> Any:
         (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
         shape=(n, int(np.prod(surface.shape))),
     )
-
-
-class SurfacePoint:
-    """Fast scalar reads of a surface (the kernel's hot path): plain trilinear weights,
-    no matrix built per call."""
-
-    def __init__(self, surface: Surface):
-        self.lo = surface.lo
-        self.step = surface.step
-        self.shape = surface.shape
-        self.values = np.asarray(surface.values).reshape(surface.shape)
-
-    def __call__(self, x: float, y: float, z: float) -> float:
-        idx = []
-        frac = []
-        for value, lo, size in zip((x, y, z), self.lo, self.shape, strict=True):
-            g = (min(max(value, lo), lo + (size - 1) * self.step) - lo) / self.step
-            i = min(int(g), size - 2)
-            idx.append(i)
-            frac.append(g - i)
-        (i, j, k), (a, b, c) = idx, frac
-        v = self.values
-        return float(
-            (1 - a)
-            * (
-                (1 - b) * ((1 - c) * v[i, j, k] + c * v[i, j, k + 1])
-                + b * ((1 - c) * v[i, j + 1, k] + c * v[i, j + 1, k + 1])
-            )
-            + a
-            * (
-                (1 - b) * ((1 - c) * v[i + 1, j, k] + c * v[i + 1, j, k + 1])
-                + b * ((1 - c) * v[i + 1, j + 1, k] + c * v[i + 1, j + 1, k + 1])
-            )
-        )
 
 
 def surface_at(surface: Surface, x: np.ndarray) -> np.ndarray:
@@ -268,30 +234,6 @@ def binned_curve(log2_x: np.ndarray, y: np.ndarray, width: float = 1.0) -> Curve
     return Curve(log2_x=tuple(round(v, 4) for v in xs), y=tuple(round(v, 6) for v in ys))
 
 
-class ScalarCurve:
-    """A curve read one value at a time without numpy (the kernel's hot path); equal
-    to `curve_at` (linear between points, flat beyond the ends)."""
-
-    def __init__(self, curve: Curve):
-        self.xs = list(curve.log2_x)
-        self.ys = list(curve.y)
-
-    def __call__(self, x: float) -> float:
-        xs, ys = self.xs, self.ys
-        if x <= xs[0]:
-            return ys[0]
-        if x >= xs[-1]:
-            return ys[-1]
-        i = bisect.bisect_right(xs, x)
-        x0, x1 = xs[i - 1], xs[i]
-        return ys[i - 1] + (ys[i] - ys[i - 1]) * (x - x0) / (x1 - x0)
-
-
-def curve_at(curve: Curve, log2_x: np.ndarray | float) -> np.ndarray:
-    out: np.ndarray = np.asarray(np.interp(log2_x, curve.log2_x, curve.y))
-    return out
-
-
 def _launch(times: np.ndarray) -> float:
     """A kernel's fixed cost: a little under the fastest measured time."""
     return float(np.min(times)) * 0.9 if len(times) else 0.0
@@ -302,13 +244,6 @@ def fit_stream(moved: np.ndarray, times: np.ndarray, bandwidth: float) -> Stream
     eff = moved / (bandwidth * np.maximum(times - launch, 1e-12))
     curve = binned_curve(np.log2(moved), np.clip(eff, 1e-6, 1.0))
     return StreamFit(launch_s=launch, efficiency=curve)
-
-
-def stream_time(fit: StreamFit, moved: np.ndarray | float, bandwidth: float) -> np.ndarray:
-    moved_arr = np.asarray(moved, dtype=float)
-    eff = curve_at(fit.efficiency, np.log2(np.maximum(moved_arr, 1.0)))
-    out: np.ndarray = fit.launch_s + moved_arr / (bandwidth * eff)
-    return out
 
 
 def elementwise_bytes(p: ElementwisePoint, a_bytes: float) -> float:

@@ -62,8 +62,8 @@ def _loads(text: str) -> tuple[float, ...]:
 
 
 def run(ns: argparse.Namespace) -> int:
+    from sim.plan import load_scenario
     from sim.results.report import summary_json
-    from sim.spec.scenario import load_scenario
     from sim.studies.capacity import capacity, plot_curve, result_slos
 
     scenario = load_scenario(ns.scenario, ns.overrides)

@@ -63,7 +63,8 @@ def setup(sub: argparse._SubParsersAction) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
-    from sim.spec.scenario import Scenario, load_scenario
+    from sim.plan import load_scenario
+    from sim.spec.scenario import Scenario
     from sim.studies.compare import (
         VariantResult,
         expand,

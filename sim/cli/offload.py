@@ -78,7 +78,7 @@ def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
 
 def run(ns: argparse.Namespace) -> int:
     from sim.cli.main import print_json
-    from sim.spec.scenario import load_scenario
+    from sim.plan import load_scenario
     from sim.studies.offload_search import search
 
     scenario = load_scenario(ns.scenario, ns.overrides)

@@ -35,10 +35,10 @@ def setup(sub: argparse._SubParsersAction) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
-    from sim.engine.run import simulate
+    from sim.plan import load_scenario
     from sim.results.report import summary_json, summary_table, write_results
+    from sim.results.run import simulate
     from sim.results.trace import write_trace
-    from sim.spec.scenario import load_scenario
 
     scenario = load_scenario(ns.scenario, ns.overrides)
     progress = progress_flag(ns.progress)

@@ -22,7 +22,6 @@ import numpy as np
 
 from sim.arith.ops import (
     Op,
-    Precision,
     Work,
     kv_read_bytes_per_token,
     moe_active_experts,
@@ -30,7 +29,8 @@ from sim.arith.ops import (
     op_bytes,
     op_flops,
 )
-from sim.calibrate.fit import ScalarCurve, SurfacePoint, curve_at
+from sim.arith.precision import Precision
+from sim.cost.curves import ScalarCurve, SurfacePoint, curve_at
 from sim.cost.roofline import RooflineKernel
 from sim.spec.hardware import DeviceSpec
 from sim.spec.profile import Profile

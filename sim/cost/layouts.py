@@ -61,17 +61,10 @@ import math
 from collections.abc import Sequence
 from typing import ClassVar
 
-from sim.arith.ops import (
-    Precision,
-    Work,
-    all_reduce_bytes,
-    check_tp,
-    layer_params,
-    layer_plan,
-    layer_weight_elems,
-    local_widths,
-    norm_params,
-)
+from sim.arith.memory import layer_weight_elems, local_widths
+from sim.arith.ops import Work, all_reduce_bytes, check_tp, layer_plan
+from sim.arith.params import layer_params, norm_params
+from sim.arith.precision import Precision
 from sim.cost.collectives import CollectiveModel, Edge, Grid
 from sim.cost.topology import Cluster
 from sim.errors import LlmsimError, unknown_name

@@ -13,10 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from sim.arith.ops import (
-    DEQUANT_FLOPS_PER_VALUE,
-    QUANTISED,
     Op,
-    Precision,
     Work,
     dequant_flops,
     kv_read_bytes_per_token,
@@ -24,6 +21,7 @@ from sim.arith.ops import (
     op_bytes,
     op_flops,
 )
+from sim.arith.precision import DEQUANT_FLOPS_PER_VALUE, QUANTISED, Precision
 from sim.spec.hardware import DeviceSpec
 
 

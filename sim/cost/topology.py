@@ -15,11 +15,11 @@ from __future__ import annotations
 import functools
 import itertools
 from dataclasses import dataclass
+from typing import TypeVar
 
 import networkx as nx
 
 from sim.errors import LlmsimError
-from sim.spec import catalog
 from sim.spec.hardware import ClusterSpec, DeviceSpec, HostSpec, LinkSpec, NodeSpec
 
 
@@ -84,6 +84,20 @@ class Cluster:
         )
 
 
+T = TypeVar("T")
+
+
+def _resolved(ref: object, kind: type[T], spec: ClusterSpec) -> T:
+    """A node or device of a cluster spec, which must be inlined (the catalog and the
+    scenario loader resolve references; building a graph reads no files)."""
+    if not isinstance(ref, kind):
+        raise LlmsimError(
+            f"cluster {spec.name}: {kind.__name__} {ref!r} is a reference; resolve the spec "
+            "with sim.spec.catalog.resolve_cluster first"
+        )
+    return ref
+
+
 def _add(g: nx.DiGraph, u: str, v: str, link: LinkSpec) -> None:
     # Cost for routing: latency, plus a tiny per-hop term so equal-latency routes
     # prefer fewer hops, plus 1/bandwidth so faster paths win ties.
@@ -100,9 +114,8 @@ def build_cluster(spec: ClusterSpec) -> Cluster:
     g: nx.DiGraph = nx.DiGraph()
     if spec.torus is not None:
         return _build_torus(spec, g)
-    assert spec.node is not None
-    node = catalog.node_of(spec.node)
-    device = catalog.device_of(node.device)
+    node = _resolved(spec.node, NodeSpec, spec)
+    device = _resolved(node.device, DeviceSpec, spec)
     per = node.devices_per_node
     fabric = node.fabric
     fab_link = LinkSpec(
@@ -166,7 +179,7 @@ def build_cluster(spec: ClusterSpec) -> Cluster:
 def _build_torus(spec: ClusterSpec, g: nx.DiGraph) -> Cluster:
     torus = spec.torus
     assert torus is not None
-    device = catalog.device_of(torus.device)
+    device = _resolved(torus.device, DeviceSpec, spec)
     dims = torus.dims
     coords = list(itertools.product(*(range(d) for d in dims)))
     index = {c: i for i, c in enumerate(coords)}
@@ -197,8 +210,7 @@ def n_devices(spec: ClusterSpec) -> int:
         for d in spec.torus.dims:
             count *= d
         return count
-    assert spec.node is not None
-    return catalog.node_of(spec.node).devices_per_node * spec.nodes
+    return _resolved(spec.node, NodeSpec, spec).devices_per_node * spec.nodes
 
 
 SPINE = LinkSpec(bandwidth_bytes_per_s=1e15, latency_s=0.5e-6, kind="spine")

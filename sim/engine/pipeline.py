@@ -20,50 +20,17 @@ runs, and in how one step of a group is cut into micro-batches:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import ClassVar
 
-from sim.arith.ops import Work
-
-
-@dataclass(frozen=True)
-class MicroBatch:
-    work: Work
-    logits: int
-
-
-def split_work(work: Work, logits: int, parts: int) -> list[MicroBatch]:
-    """Cut a step's work into `parts` micro-batches of (nearly) equal size: integer
-    counts differ by at most one, sums of pairs and KV tokens are shared out in the
-    same proportions as the tokens. Empty parts are dropped."""
-    parts = max(1, min(parts, max(work.tokens, 1)))
-    if parts == 1:
-        return [MicroBatch(work, logits)]
-
-    def cut(total: int) -> list[int]:
-        base, extra = divmod(total, parts)
-        return [base + (1 if i < extra else 0) for i in range(parts)]
-
-    pre, seqs, lg = cut(work.prefill_tokens), cut(work.decode_seqs), cut(logits)
-    out = []
-    for i in range(parts):
-        p_share = pre[i] / work.prefill_tokens if work.prefill_tokens else 0.0
-        d_share = seqs[i] / work.decode_seqs if work.decode_seqs else 0.0
-        mb = Work(
-            tokens=pre[i] + seqs[i],
-            prefill_tokens=pre[i],
-            prefill_pairs=work.prefill_pairs * p_share,
-            prefill_kv_tokens=round(work.prefill_kv_tokens * p_share),
-            decode_seqs=seqs[i],
-            decode_kv_tokens=round(work.decode_kv_tokens * d_share),
-        )
-        if mb.tokens:
-            out.append(MicroBatch(mb, lg[i]))
-    return out
+from sim.arith.ops import MicroBatch, Work, split_work
+from sim.registry import SCHEDULES
 
 
 class PipelineSchedule:
     name: ClassVar[str]
+    # Whether a decode step is cut into several micro-batches (then a one-stage replica
+    # cannot run a stretch of decode steps as one leap: see sim.engine.leap).
+    splits_decode: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -86,17 +53,15 @@ class PipelineSchedule:
         return [MicroBatch(work, logits)]
 
 
-SCHEDULES: dict[str, type[PipelineSchedule]] = {}
-
-
 def register(cls: type[PipelineSchedule]) -> type[PipelineSchedule]:
-    SCHEDULES[cls.name] = cls
+    SCHEDULES.register(cls.name)(cls)
     return cls
 
 
 @register
 class FillDrain(PipelineSchedule):
     name = "fill-drain"
+    splits_decode = True
 
     def split(self, work: Work, logits: int) -> list[MicroBatch]:
         return split_work(work, logits, self.microbatches)

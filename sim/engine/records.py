@@ -1,4 +1,5 @@
-"""Flat records of a run: per request, per iteration (or leap), per device and link.
+"""Flat records of a run: per request, per iteration (or leap), per stage execution,
+and what each stage, replica and link did over the run (`RunRecords`).
 
 Request records are columns preallocated for every request of the workload (the
 arrival generator knows how many), filled in when a request finishes or is rejected;
@@ -10,11 +11,14 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from sim.engine.request import Req
+from sim.plan.deploy import Deployment, Edge
+from sim.workload.arrivals import Arrivals
 
 PENDING, FINISHED, REJECTED = 0, 1, 2
 
@@ -202,4 +206,39 @@ class Recorder:
                 "status": status,
                 "reject_reason": reason,
             }
+        )
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    """What one stage of one replica did over the run (per device of its TP group)."""
+
+    replica: int
+    stage: int
+    busy_s: float
+    comm_s: float
+    flops: float
+    bytes: float
+
+
+@dataclass(frozen=True)
+class RunRecords:
+    """Everything a run leaves behind; statistics are computed from it (sim.results)."""
+
+    deployment: Deployment
+    arrivals: Arrivals
+    recorder: Recorder
+    stages: list[StageRecord]
+    active_s: list[float]  # per replica: time with at least one step in flight
+    kv_peak_blocks: list[int]  # per replica
+    link_busy: dict[Edge, float]
+    duration_s: float
+    events: int
+    wall_s: float
+    kv_transfers: tuple[int, float] | None  # disaggregated: (transfers, bytes)
+
+    def requests_frame(self) -> pd.DataFrame:
+        a = self.arrivals
+        return self.recorder.requests_frame(
+            a.arrival_s, a.prompt_tokens, a.output_tokens, a.class_index, a.class_names
         )

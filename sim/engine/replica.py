@@ -1,90 +1,66 @@
 """A replica: pipeline stages on TP groups, driven by one process per virtual engine.
 
 Each virtual engine (one per pipeline micro-batch slot, vLLM-style; one when pp = 1)
-owns a `ReplicaState` and a batching policy and loops: ask the policy for a step,
-price it with the stage costs, hold the stages' devices for that long, commit.
-
-Granularity: one SimPy event per stage per micro-batch per iteration at most. With one
-stage, a run of identical decode-only steps (nothing can change until a request
-finishes or arrives) is one *leap*: its k step durations come from one vectorised cost
-call, one timeout covers them, and the state advances by k in O(1) (running sums, the
-finish heap and the block histogram). An arrival during a leap interrupts it; the leap
-is cut at the first step boundary at or after the arrival — exactly where a per-step
-simulation would next have looked at the queue — so leaping never changes results.
+owns a `ReplicaState` and a batching policy and loops (sim.engine.step): ask the policy
+for a step, price it with the stage costs, hold the stages' devices for that long,
+commit. The replica routes arrivals to its least-loaded engine and counts what it has
+outstanding, the two numbers a router sees.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import simpy
 
-from sim.arith.ops import Work, causal_pairs
-from sim.cost.stage import StageCost
-from sim.cost.topology import Route
-from sim.engine.pipeline import FillDrain, MicroBatch, PipelineSchedule
+from sim.arith.ops import MicroBatch, Work, causal_pairs
+from sim.engine.leap import Leap, leap_bound
+from sim.engine.offload import OffloadExecutor
+from sim.engine.pipeline import PipelineSchedule
 from sim.engine.policies.base import BatchingPolicy, Step
 from sim.engine.records import Recorder
 from sim.engine.request import DONE, REJECTED, Req
+from sim.engine.resources import Links, Stage
 from sim.engine.state import ReplicaState
+from sim.plan.deploy import ReplicaPlan
 
-MAX_LEAP = 1 << 16
-
-
-@dataclass
-class Stage:
-    """A TP group holding a block of layers: a SimPy resource and its costs."""
-
-    index: int
-    devices: tuple[int, ...]
-    cost: StageCost  # may be shared with other replicas' stages of the same cost
-    resource: simpy.Resource
-    links: tuple[tuple[str, str], ...] = ()  # what this group's TP collectives occupy
-    busy_s: float = 0.0
-    comm_s: float = 0.0
-    flops: float = 0.0  # per device
-    bytes: float = 0.0  # per device
-
-
-@dataclass
-class Transfer:
-    """A route whose directed links are SimPy resources, held for each transfer."""
-
-    route: Route
-    links: list[simpy.Resource]
-    edges: tuple[tuple[str, str], ...]
-    busy: dict[tuple[str, str], float] = field(default_factory=dict)
+Handoff = Callable[[Req, int, Callable[[], None]], None]
 
 
 class Replica:
     def __init__(
         self,
         env: simpy.Environment,
-        index: int,
-        stages: list[Stage],
+        plan: ReplicaPlan,
         engines: list[tuple[ReplicaState, BatchingPolicy]],
         recorder: Recorder,
-        sends: list[Transfer],
-        host: Transfer | None,
+        links: Links,
         leap: bool,
         act_bytes_per_token: float,
         schedule: PipelineSchedule,
+        handoff: Handoff | None = None,
     ):
         self.env = env
-        self.index = index
-        self.stages = stages
+        self.plan = plan
+        self.index = plan.index
+        self.stages = [Stage(sp, simpy.Resource(env, 1)) for sp in plan.stages]
         self.recorder = recorder
-        self.sends = sends
-        self.host = host
+        self.links = links
         self.act_bytes_per_token = act_bytes_per_token
         self.schedule = schedule
+        # Disaggregated serving: a prefill replica hands requests off after their first
+        # token; a decode replica takes them in. A colocated replica does both.
+        self.handoff = handoff
+        self.offload = (
+            OffloadExecutor(plan.offload, plan.stages[0].cost, links, self.model_layers)
+            if plan.offload is not None
+            else None
+        )
         # Leaps need the device to themselves (one stage, one engine) and one
         # micro-batch per decode step.
         can_leap = (
-            leap and len(stages) == 1 and len(engines) == 1 and not isinstance(schedule, FillDrain)
+            leap and len(self.stages) == 1 and len(engines) == 1 and not schedule.splits_decode
         )
         self.engines = [
             VirtualEngine(self, i, st, policy, can_leap) for i, (st, policy) in enumerate(engines)
@@ -92,15 +68,11 @@ class Replica:
         self._in_flight = 0
         self._in_flight_since = 0.0
         self.active_s = 0.0  # time with at least one step in flight (for the bubble)
-        # Disaggregated serving: a prefill replica hands requests off after their first
-        # token; a decode replica takes them in. "both" does both (colocated).
-        self.role = "both"
-        self.handoff: Callable[[Req, int, Callable[[], None]], None] | None = None
-        self.device: Any = None  # the DeviceSpec of its devices, for the records
-        self.sizes: Any = None  # its memory plan (weights, workspace, KV per token)
-        self.links: Any = None  # the LinkPool view naming its cluster's links
-        self.offload: Any = None  # an OffloadExecutor when weights/KV live off the GPU
         self.outstanding = 0  # requests routed here and not yet finished
+
+    @property
+    def model_layers(self) -> int:
+        return sum(sp.cost.n_layers for sp in self.plan.stages)
 
     # ------------------------------------------------------------------ routing view
 
@@ -212,7 +184,7 @@ class VirtualEngine:
                 and not step.prefills
                 and step.repeat > 1
             ):
-                k = self._leap_bound(step)
+                k = leap_bound(self.state, self.policy, step)
                 if k > 1:
                     yield from self._leap(step, k)
                     continue
@@ -296,13 +268,12 @@ class VirtualEngine:
                 yield env.timeout(t)
             if s < last:
                 size = work.tokens * replica.act_bytes_per_token
-                yield from transfer(env, replica.sends[s], size)
+                yield from replica.links.transfer(replica.plan.sends[s], size)
 
     def _swap(self, step: Step) -> Generator[Any, Any, None]:
-        host = self.replica.host
         size = step.swap_out_bytes + step.swap_in_bytes
-        if host is not None and size > 0:
-            yield from transfer(self.env, host, size)
+        if size > 0:
+            yield from self.replica.links.transfer(self.replica.plan.host, size)
 
     # ------------------------------------------------------------------ commit
     def _commit(self, step: Step, work: Work, start: float, end: float) -> None:
@@ -366,65 +337,48 @@ class VirtualEngine:
         self.replica.recorder.finish(req, t)
 
     # ------------------------------------------------------------------ leaps
-    def _leap_bound(self, step: Step) -> int:
-        st = self.state
-        k = min(
-            step.repeat,
-            st.next_finish_step() - st.step,
-            st.next_window_step() - st.step,
-            self.policy.decode_bound(),
-            MAX_LEAP,
-        )
-        return max(k, 1)
-
     def _leap(self, step: Step, k: int) -> Generator[Any, Any, None]:
+        """k identical decode steps as one timeout; an arrival (`wake`) interrupts it, and
+        the leap is cut at the first step boundary at or after that moment."""
         env = self.env
         st = self.state
         stage = self.replica.stages[0]
-        real = st.decoders
-        seqs = real + step.pad_decode_seqs
-        kv0 = st.kv_sum + step.pad_decode_kv
-        growth = st.growing + step.pad_decode_seqs
-        times = stage.cost.decode_times(seqs, kv0, growth, k)
-        start = env.now
+        leap = Leap.plan(stage.cost, st, step, k, env.now)
         self.replica.begin_step()
-        ends = np.cumsum(times) + start
         done = k
         self._leaping = True
         try:
-            yield env.timeout(float(ends[-1]) - start)
+            yield env.timeout(leap.duration(k))
         except simpy.Interrupt:
-            j = min(int(np.searchsorted(ends, env.now, side="left")), k - 1)
-            done = j + 1
-            yield env.timeout(max(0.0, float(ends[j]) - env.now))
+            done = leap.steps_by(env.now)
+            yield env.timeout(max(0.0, leap.end(done) - env.now))
         self._leaping = False
         self.replica.end_step()
-        end = float(ends[done - 1])
-        busy = end - start
+        end = leap.end(done)
         self.replica.recorder.stage_span(
-            self.replica.index, 0, self.index, 0, start, end, "decode", seqs * done
+            self.replica.index, 0, self.index, 0, leap.start, end, "decode", leap.seqs * done
         )
-        stage.busy_s += busy
-        stage.comm_s += stage.cost.comm_part_s(seqs) * done
-        stage.flops += stage.cost.decode_flops(seqs, kv0, growth, done)
-        stage.bytes += stage.cost.decode_bytes(seqs, kv0, growth, done)
+        stage.busy_s += end - leap.start
+        stage.comm_s += stage.cost.comm_part_s(leap.seqs) * done
+        stage.flops += stage.cost.decode_flops(leap.seqs, leap.kv0, leap.growth, done)
+        stage.bytes += stage.cost.decode_bytes(leap.seqs, leap.kv0, leap.growth, done)
         used0 = st.blocks.used
         self.policy.grow(done)
         base = st.step
         st.advance(done)
         for at, req in st.pop_finished():
-            self._finish(req, float(ends[at - base - 1]), req.kv0)
+            self._finish(req, leap.end(at - base), req.kv0)
         self.replica.recorder.iteration(
             self.replica.index,
             self.index,
-            start,
+            leap.start,
             end,
             done,
             0,
-            seqs,
-            kv0,
+            leap.seqs,
+            leap.kv0,
             0,
-            real * done,
+            leap.real * done,
             (used0 + st.blocks.used) // 2,
             st.blocks.total,
         )
@@ -434,29 +388,3 @@ def _phase(work: Work) -> str:
     if work.prefill_tokens and work.decode_seqs:
         return "mixed"
     return "prefill" if work.prefill_tokens else "decode"
-
-
-def hold_links(
-    env: simpy.Environment, links: list[simpy.Resource], seconds: float
-) -> Generator[Any, Any, None]:
-    """Take every link (in the given order, so holders never deadlock), keep them for
-    `seconds`, let them go."""
-    requests = [link.request() for link in links]
-    for r in requests:
-        yield r
-    yield env.timeout(seconds)
-    for link, r in zip(links, requests, strict=True):
-        link.release(r)
-
-
-def transfer(
-    env: simpy.Environment, path: Transfer, size_bytes: float
-) -> Generator[Any, Any, None]:
-    """Hold every link of a route for the transfer (circuit-style), acquired in a fixed
-    order so that transfers never deadlock."""
-    seconds = path.route.transfer_s(size_bytes)
-    if seconds <= 0:
-        return
-    yield from hold_links(env, path.links, seconds)
-    for edge in path.edges:
-        path.busy[edge] = path.busy.get(edge, 0.0) + seconds

@@ -7,10 +7,12 @@ deterministic given the seed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
+
+from sim.registry import ROUTERS
 
 
 class ReplicaView(Protocol):
@@ -27,6 +29,7 @@ class RouterPolicy(Protocol):
     def next_replica(self, replicas: Sequence[ReplicaView]) -> int: ...
 
 
+@ROUTERS.register("round-robin")
 class RoundRobin:
     def __init__(self, rng: np.random.Generator):
         self._next = 0
@@ -37,6 +40,7 @@ class RoundRobin:
         return i
 
 
+@ROUTERS.register("random")
 class Random:
     """Uniform at random; draws in blocks from its own seeded stream."""
 
@@ -50,6 +54,7 @@ class Random:
         return min(int(self._buf.pop() * len(replicas)), len(replicas) - 1)
 
 
+@ROUTERS.register("least-outstanding")
 class LeastOutstanding:
     def __init__(self, rng: np.random.Generator):
         pass
@@ -63,6 +68,7 @@ class LeastOutstanding:
         return best
 
 
+@ROUTERS.register("least-kv")
 class LeastKV:
     """The replica with the largest free share of KV blocks."""
 
@@ -76,11 +82,3 @@ class LeastKV:
             if f > free:
                 best, free = i, f
         return best
-
-
-ROUTERS: dict[str, Callable[[np.random.Generator], RouterPolicy]] = {
-    "round-robin": RoundRobin,
-    "random": Random,
-    "least-outstanding": LeastOutstanding,
-    "least-kv": LeastKV,
-}

@@ -40,8 +40,9 @@ from typing import Any
 
 import numpy as np
 
-import sim
+from sim.arith.precision import Precision
 from sim.errors import LlmsimError
+from sim.plan import load_scenario
 from sim.spec import catalog
 from sim.units import DTYPE_BYTES
 
@@ -252,9 +253,9 @@ def _fixed(requests: int, prompt: int, output: int) -> dict[str, Any]:
 
 
 def _simulate(scenario: dict[str, Any]) -> dict[str, Any]:
-    from sim.engine.run import simulate
+    from sim.results.run import simulate
 
-    summary: dict[str, Any] = simulate(sim.load_scenario(scenario), records=False).summary
+    summary: dict[str, Any] = simulate(load_scenario(scenario), records=False).summary
     return summary
 
 
@@ -376,9 +377,9 @@ def _a100_part(gpus: str, total_gb: float, count: int) -> str:
 
 
 def _vllm_memory(entry: dict[str, Any], opts: _Options) -> list[Row]:
-    from sim.arith.ops import total_params
+    from sim.arith.params import total_params
     from sim.cost.topology import build_cluster
-    from sim.engine.run import plan_replica
+    from sim.plan.memory import plan_memory as plan_replica
 
     value = _need(entry, "value")
     counts = entry.get("count") or {}
@@ -401,7 +402,7 @@ def _vllm_memory(entry: dict[str, Any], opts: _Options) -> list[Row]:
         if count < 1:
             raise _EntryError(f"count.{size} must be at least 1, got {count}")
         device = _a100_part(gpus, _number(info.get("total_mem_GB", 0), "total_mem_GB"), count)
-        s = sim.load_scenario(
+        s = load_scenario(
             {
                 "name": rid,
                 "cluster": _cluster(device),
@@ -413,7 +414,7 @@ def _vllm_memory(entry: dict[str, Any], opts: _Options) -> list[Row]:
             }
         )
         cluster = build_cluster(s.cluster)
-        precision = s.precision.build()
+        precision = Precision.of(s.precision)
         plan = plan_replica(s, cluster, precision)
         usable = cluster.device.memory_bytes * VLLM_MEMORY_UTILIZATION
         kv_free = count * sum(usable - w - plan.workspace_bytes for w in plan.weight_bytes)
@@ -453,7 +454,7 @@ def _vllm_memory(entry: dict[str, Any], opts: _Options) -> list[Row]:
 
 
 def _kv_per_token(entry: dict[str, Any], opts: _Options) -> list[Row]:
-    from sim.arith.ops import kv_bytes_per_token
+    from sim.arith.memory import kv_bytes_per_token
 
     model = catalog.load_model(_model(entry))
     dtype = _dtype(str(entry.get("precision") or _need(entry, "metric")))
@@ -541,7 +542,7 @@ def _distserve(entry: dict[str, Any], opts: _Options) -> list[Row]:
             continue
         if spec["name"] not in found:
             result = capacity(
-                sim.load_scenario(spec),
+                load_scenario(spec),
                 target=d.attainment,
                 seeds=GOODPUT_SEEDS,
                 tolerance=GOODPUT_REL_TOL,

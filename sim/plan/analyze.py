@@ -14,26 +14,21 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sim.arith.ops import (
-    Precision,
-    Work,
+from sim.arith.memory import (
     activation_workspace_bytes,
-    check_tp,
-    embedding_weight_elems,
-    flops_per_token,
     kv_bytes_per_token,
     kv_bytes_per_token_per_device,
-    kv_tokens_kept,
-    layer_plan,
-    layer_weight_elems,
+    layers_per_stage,
+    weight_bytes_per_device,
+)
+from sim.arith.ops import Work, check_tp, layer_plan, lm_head_op, op_bytes, op_flops
+from sim.arith.params import (
+    flops_per_token,
     lm_head_flops_per_token,
-    lm_head_op,
     non_embedding_params,
-    op_bytes,
-    op_flops,
-    stage_weights,
     total_params,
 )
+from sim.arith.precision import Precision
 from sim.cost.roofline import floor_time
 from sim.errors import LlmsimError, unknown_name
 from sim.spec import catalog
@@ -62,26 +57,6 @@ def cluster_device(cluster: ClusterSpec) -> DeviceSpec:
         return catalog.device_of(cluster.torus.device)
     assert cluster.node is not None
     return catalog.device_of(catalog.node_of(cluster.node).device)
-
-
-def layers_per_stage(n_layers: int, pp: int) -> list[int]:
-    """Layers of each pipeline stage, split as evenly as possible (earlier stages take
-    the remainder)."""
-    if pp < 1:
-        raise LlmsimError(f"pp must be at least 1, got {pp}", key="parallel.pp")
-    if pp > n_layers:
-        raise LlmsimError(
-            f"{pp} pipeline stages exceed the model's {n_layers} layers", key="parallel.pp"
-        )
-    base, extra = divmod(n_layers, pp)
-    return [base + (1 if i < extra else 0) for i in range(pp)]
-
-
-def weight_bytes_per_device(model: ModelSpec, tp: int, pp: int, precision: Precision) -> float:
-    """Weights held by the most loaded device (largest stage plus its embedding share)."""
-    stages = layers_per_stage(model.n_layers, pp)
-    per_layer, emb = layer_weight_elems(model, tp), embedding_weight_elems(model, tp)
-    return max(stage_weights(stages, per_layer, emb, model.tied_embeddings)) * precision.w_bytes
 
 
 @dataclass(frozen=True)
@@ -182,7 +157,7 @@ def analyze(
     kv_tok_dev = kv_bytes_per_token_per_device(
         spec, tp, layers_per_stage(spec.n_layers, pp)[0], precision
     )
-    kept = kv_tokens_kept(spec, prompt + output)
+    kept = spec.kv_tokens_kept(prompt + output)
     workspace_tokens = max(prompt, 2048)
     workspace = activation_workspace_bytes(spec, workspace_tokens, tp, precision)
     usable = device.memory_bytes * memory_utilization
@@ -197,7 +172,7 @@ def analyze(
 
     prefill = Work.prefill(batch, prompt)
     t_pre, f_pre, b_pre = _step_floor(spec, device, tp, pp, precision, prefill, batch)
-    decode = Work.decode(batch, kv_tokens_kept(spec, prompt))
+    decode = Work.decode(batch, spec.kv_tokens_kept(prompt))
     t_dec, f_dec, b_dec = _step_floor(spec, device, tp, pp, precision, decode, batch)
     ridge = device.ridge_flops_per_byte(precision.compute_dtype)
     i_pre, i_dec = f_pre / b_pre, f_dec / b_dec
@@ -244,14 +219,14 @@ def analyze_scenario(path: str, **overrides: Any) -> Analysis:
     default to the workload's mean lengths, batch to 1. Keyword overrides win."""
     import numpy as np
 
-    from sim.spec.scenario import load_scenario
-    from sim.spec.workload import generate
+    from sim.plan import load_scenario
+    from sim.workload.arrivals import generate
 
     s = load_scenario(path)
     arrivals = generate(s.workload, s.seed, s.base_dir)
     prompt = round(float(np.mean(arrivals.prompt_tokens))) if len(arrivals) else 512
     output = round(float(np.mean(arrivals.output_tokens))) if len(arrivals) else 128
-    p = s.precision.build()
+    p = Precision.of(s.precision)
     kwargs: dict[str, Any] = {
         "tp": s.parallel.tp,
         "pp": s.parallel.pp,
@@ -290,8 +265,9 @@ def op_breakdown(
     all-reduces of `tokens` activations over the TP group's links.
     """
     from sim.arith.ops import all_reduce_bytes, op_active
-    from sim.cost import CollectiveModel, make_kernel
+    from sim.cost import CollectiveModel
     from sim.cost.topology import build_cluster
+    from sim.plan.kernels import make_kernel
 
     spec = catalog.load_model(model) if isinstance(model, str) else model
     device = resolve_device(hardware)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 if TYPE_CHECKING:
-    from sim.engine.run import Results
+    from sim.results.run import Results
 
 
 def json_safe(obj: Any) -> Any:

@@ -19,9 +19,7 @@ import pandas as pd
 from sim.spec.slo import SLOSpec
 
 if TYPE_CHECKING:
-    from sim.engine.records import Recorder
-    from sim.engine.replica import Replica
-    from sim.engine.run import LinkPool
+    from sim.engine.records import Recorder, RunRecords
     from sim.spec.scenario import Scenario
 
 PERCENTILES = (50, 90, 99)
@@ -158,15 +156,21 @@ def summarize(
     return summary
 
 
-def pipeline_summary(replicas: list[Replica], end_s: float) -> dict[str, Any]:
+def pipeline_summary(run: RunRecords) -> dict[str, Any]:
     """Bubble fraction: the share of stage time left idle while a replica had a step in
     flight, 1 − Σ stage busy / (stages × time in flight), over all replicas; and each
     stage's busy share of the run (averaged over replicas)."""
-    busy = sum(st.busy_s for rep in replicas for st in rep.stages)
-    capacity = sum(len(rep.stages) * rep.active_s for rep in replicas)
+    end_s = run.duration_s
+    replicas = run.deployment.replicas
+    busy = sum(st.busy_s for st in run.stages)
+    capacity = sum(
+        len(rep.stages) * active for rep, active in zip(replicas, run.active_s, strict=True)
+    )
     n_stages = len(replicas[0].stages) if replicas else 0
     per_stage = [
-        float(np.mean([rep.stages[i].busy_s for rep in replicas])) / end_s if end_s > 0 else 0.0
+        float(np.mean([st.busy_s for st in run.stages if st.stage == i])) / end_s
+        if end_s > 0
+        else 0.0
         for i in range(n_stages)
     ]
     return {
@@ -176,12 +180,12 @@ def pipeline_summary(replicas: list[Replica], end_s: float) -> dict[str, Any]:
     }
 
 
-def cost_summary(replicas: list[Replica], summary: dict[str, Any]) -> dict[str, Any]:
+def cost_summary(run: RunRecords, summary: dict[str, Any]) -> dict[str, Any]:
     """What the devices in use cost per hour and per million output tokens served, at
     the catalog's indicative hourly prices (null when a device has no price)."""
     devices = 0
     per_hour: float | None = 0.0
-    for rep in replicas:
+    for rep in run.deployment.replicas:
         n = sum(len(st.devices) for st in rep.stages)
         devices += n
         price = rep.device.price_per_hour_usd
@@ -214,16 +218,19 @@ def _weighted(devices: pd.DataFrame, column: str) -> float:
     return float(devices[column].mean()) if len(devices) else 0.0
 
 
-def device_frame(scenario: Scenario, replicas: list[Replica], end_s: float) -> pd.DataFrame:
+def device_frame(run: RunRecords) -> pd.DataFrame:
     """One row per device in use: busy time, utilisation, MFU, bandwidth use, memory."""
-    precision = scenario.precision.build()
-    block_size = scenario.scheduler.policy_params().block_size
+    d = run.deployment
+    end_s = run.duration_s
+    precision = d.precision
+    block_size = d.scenario.scheduler.policy_params().block_size
+    usage = {(st.replica, st.stage): st for st in run.stages}
     rows = []
-    for rep in replicas:
-        device, sizes = rep.device, rep.sizes
+    for rep, peak_blocks in zip(d.replicas, run.kv_peak_blocks, strict=True):
+        device, sizes = rep.device, rep.memory
         peak = device.flops(precision.compute_dtype)
-        peak_blocks = sum(e.state.blocks.peak for e in rep.engines)
         for stage in rep.stages:
+            used = usage[(rep.index, stage.index)]
             kv_peak = peak_blocks * block_size * sizes.kv_bytes_per_token[stage.index]
             if rep.offload is not None:  # the placement's GPU share is in weight_bytes
                 kv_peak = 0.0
@@ -235,13 +242,13 @@ def device_frame(scenario: Scenario, replicas: list[Replica], end_s: float) -> p
                         "role": rep.role,
                         "kind": device.name,
                         "stage": stage.index,
-                        "busy_s": stage.busy_s,
-                        "comm_s": stage.comm_s,
-                        "utilization": stage.busy_s / end_s if end_s > 0 else 0.0,
-                        "flops": stage.flops,
-                        "mfu": stage.flops / (end_s * peak) if end_s > 0 else 0.0,
-                        "hbm_bytes": stage.bytes,
-                        "mbu": stage.bytes / (end_s * device.memory_bandwidth_bytes_per_s)
+                        "busy_s": used.busy_s,
+                        "comm_s": used.comm_s,
+                        "utilization": used.busy_s / end_s if end_s > 0 else 0.0,
+                        "flops": used.flops,
+                        "mfu": used.flops / (end_s * peak) if end_s > 0 else 0.0,
+                        "hbm_bytes": used.bytes,
+                        "mbu": used.bytes / (end_s * device.memory_bandwidth_bytes_per_s)
                         if end_s > 0
                         else 0.0,
                         "weight_bytes": sizes.weight_bytes[stage.index],
@@ -256,21 +263,24 @@ def device_frame(scenario: Scenario, replicas: list[Replica], end_s: float) -> p
     return pd.DataFrame(rows)
 
 
-def link_frame(replicas: list[Replica], pool: LinkPool, end_s: float) -> pd.DataFrame:
+def link_frame(run: RunRecords) -> pd.DataFrame:
     """One row per directed link that carried traffic: busy seconds and utilisation.
     TP all-reduces occupy the links of their ring for the stage's communication time."""
-    busy: dict[tuple[str, str], float] = dict(pool.busy)
-    for rep in replicas:
+    end_s = run.duration_s
+    d = run.deployment
+    busy: dict[tuple[str, str], float] = dict(run.link_busy)
+    usage = {(st.replica, st.stage): st for st in run.stages}
+    for rep in d.replicas:
         for stage in rep.stages:
-            if stage.comm_s <= 0:
+            comm = usage[(rep.index, stage.index)].comm_s
+            if comm <= 0:
                 continue
             for edge in stage.links:
-                named = rep.links.name(edge, rep.links.cluster.link(*edge))
-                busy[named] = busy.get(named, 0.0) + stage.comm_s
+                busy[edge] = busy.get(edge, 0.0) + comm
     rows = [
         {
             "link": f"{u}->{v}",
-            "kind": pool.specs[(u, v)].kind if (u, v) in pool.specs else "",
+            "kind": d.links[(u, v)].kind if (u, v) in d.links else "",
             "busy_s": b,
             "utilization": b / end_s if end_s > 0 else 0.0,
         }

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sim.engine.run import Results
+    from sim.results.run import Results
 
 US = 1e6  # trace timestamps are microseconds
 

@@ -176,8 +176,21 @@ def _carried_device(name: str) -> DeviceSpec | None:
     return None
 
 
-load_node = _loader("node", NodeSpec)
-load_cluster = _loader("cluster", ClusterSpec)
+_load_node = _loader("node", NodeSpec)
+_load_cluster = _loader("cluster", ClusterSpec)
+
+
+def load_node(name: str) -> NodeSpec:
+    """A node by name or path, its device inlined."""
+    node = _load_node(name)
+    return node.model_copy(update={"device": device_of(node.device)})
+
+
+def load_cluster(name: str) -> ClusterSpec:
+    """A cluster by name or path, its nodes and devices inlined (see `resolve_cluster`)."""
+    return resolve_cluster(_load_cluster(name))
+
+
 load_profile = _loader("calibration", Profile, "A calibration profile by name or path.")
 
 

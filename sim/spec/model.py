@@ -94,6 +94,10 @@ class ModelSpec(Spec):
             return self.moe.d_ff_expert
         return self.d_ff
 
+    def kv_tokens_kept(self, context: int) -> int:
+        """Tokens of KV a sequence keeps: the whole context, or the sliding window."""
+        return context if self.sliding_window is None else min(context, self.sliding_window)
+
     @property
     def attention_kind(self) -> str:
         if self.kv_heads == self.n_heads:

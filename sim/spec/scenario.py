@@ -15,39 +15,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator
 
-from sim.arith.ops import Precision, check_tp
 from sim.errors import LlmsimError, pydantic_error
+from sim.registry import SCHEDULES
 from sim.spec import catalog
 from sim.spec.base import Spec
 from sim.spec.hardware import ClusterSpec
 from sim.spec.model import ModelSpec
 from sim.spec.offload import OffloadSpec
+from sim.spec.precision import PrecisionSpec
+from sim.spec.scheduler import RouterSpec, SchedulerSpec, _known_router
 from sim.spec.slo import SLOSpec
 from sim.spec.workload import WorkloadSpec, parse_workload
-from sim.units import DTYPE_BYTES
-
-
-class PrecisionSpec(Spec):
-    weights: str = "bf16"
-    activations: str = "bf16"
-    kv: str | None = Field(default=None, description="defaults to the activation dtype")
-    group_size: int = Field(
-        default=64, gt=0, description="int8/int4: values per fp16 scale and zero (group-wise)"
-    )
-
-    @field_validator("weights", "activations", "kv")
-    @classmethod
-    def _dtype(cls, value: str | None) -> str | None:
-        if value is not None and value not in DTYPE_BYTES:
-            raise ValueError(f"unknown dtype {value!r}; valid: {', '.join(DTYPE_BYTES)}")
-        return value
-
-    def build(self) -> Precision:
-        return Precision(
-            self.weights, self.activations, self.kv or self.activations, self.group_size
-        )
 
 
 class PipelineSpec(Spec):
@@ -76,20 +56,7 @@ class PipelineSpec(Spec):
     @field_validator("schedule")
     @classmethod
     def _known(cls, value: str) -> str:
-        from sim.engine.pipeline import SCHEDULES
-
-        if value not in SCHEDULES:
-            raise ValueError(
-                f"unknown schedule {value!r}; valid schedules: {', '.join(sorted(SCHEDULES))}"
-            )
-        return value
-
-    def build(self, pp: int) -> Any:
-        from sim.engine.pipeline import SCHEDULES
-
-        return SCHEDULES[self.schedule](
-            pp, self.microbatches, self.prefill_microbatches, self.decode_microbatches
-        )
+        return SCHEDULES.check(value)
 
 
 class ParallelSpec(Spec):
@@ -112,56 +79,6 @@ class ParallelSpec(Spec):
     @property
     def devices_per_replica(self) -> int:
         return self.tp * self.pp
-
-
-class SchedulerSpec(Spec):
-    """`policy` picks a batching policy from the registry; the other keys are that
-    policy's parameters, validated by the policy's own schema."""
-
-    policy: str = "vllm"
-    params: dict[str, Any] = Field(default_factory=dict)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _split(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "params" not in data:
-            rest = {k: v for k, v in data.items() if k != "policy"}
-            return {"policy": data.get("policy", "vllm"), "params": rest}
-        return data
-
-    @model_validator(mode="after")
-    def _validate_params(self) -> SchedulerSpec:
-        from sim.engine.policies.base import POLICIES
-
-        if self.policy not in POLICIES:
-            raise ValueError(
-                f"unknown policy {self.policy!r}; valid policies: {', '.join(sorted(POLICIES))}"
-            )
-        params = POLICIES[self.policy].Params.model_validate(self.params)
-        object.__setattr__(self, "params", params.model_dump(by_alias=True))
-        return self
-
-    def policy_params(self) -> Any:
-        from sim.engine.policies.base import POLICIES
-
-        return POLICIES[self.policy].Params.model_validate(self.params)
-
-
-def _known_router(value: str) -> str:
-    from sim.engine.router import ROUTERS
-
-    if value not in ROUTERS:
-        raise ValueError(f"unknown router {value!r}; valid routers: {', '.join(ROUTERS)}")
-    return value
-
-
-class RouterSpec(Spec):
-    policy: str = "round-robin"
-
-    @field_validator("policy")
-    @classmethod
-    def _known(cls, value: str) -> str:
-        return _known_router(value)
 
 
 class OutputSpec(Spec):
@@ -239,7 +156,7 @@ class Scenario(Spec):
     model: ModelSpec
     precision: PrecisionSpec = PrecisionSpec()
     parallel: ParallelSpec = ParallelSpec()
-    scheduler: SchedulerSpec = SchedulerSpec()
+    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     router: RouterSpec = RouterSpec()
     workload: WorkloadSpec
     slo: SLOSpec = SLOSpec()
@@ -357,10 +274,13 @@ def _resolve_refs(data: dict[str, Any], file: str | None, base_dir: Path) -> dic
     return out
 
 
-def load_scenario(
+def read_scenario(
     source: str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()
 ) -> Scenario:
-    """Read, override, resolve and validate a scenario (a path or a raw mapping)."""
+    """Read, override, resolve and validate a scenario (a path or a raw mapping) against
+    its schema. Whether the deployment it describes can be built (parallelism against
+    the model and the cluster) is `sim.plan.check_scenario`'s question; `sim.plan.
+    load_scenario` asks both."""
     if isinstance(source, dict):
         data, file, base_dir = copy.deepcopy(source), None, Path.cwd()
     else:
@@ -388,108 +308,4 @@ def load_scenario(
         raise exc.at(file=file) from None
     scenario._file = file
     scenario._base_dir = base_dir
-    check_scenario(scenario)
     return scenario
-
-
-def check_scenario(s: Scenario) -> None:
-    """Combinations no single field can judge: parallelism against the model and the
-    cluster. Memory fit is checked when the replicas are built (it needs the cost of
-    the activations), with the same kind of error."""
-    from sim.cost.layouts import check_layout
-
-    try:
-        check_layout(s.parallel.tp_layout, s.model, s.parallel.tp, s.parallel.attention)
-    except LlmsimError as exc:
-        key = exc.key or "parallel.tp"
-        message = exc.message
-        if key == "parallel.tp_layout" and s.parallel.tp_layout == "1d-weight-stationary":
-            key, message = "parallel.tp", message.removeprefix("1d-weight-stationary: ")
-        raise s.error(message, key) from None
-    par = s.parallel
-    if par.pp > s.model.n_layers:
-        raise s.error(
-            f"{par.pp} stages exceed the model's {s.model.n_layers} layers", "parallel.pp"
-        )
-    if par.layers_per_stage is not None:
-        if len(par.layers_per_stage) != par.pp:
-            raise s.error(
-                f"gives {len(par.layers_per_stage)} stages but pp={par.pp}",
-                "parallel.layers_per_stage",
-            )
-        if sum(par.layers_per_stage) != s.model.n_layers or min(par.layers_per_stage) < 1:
-            raise s.error(
-                f"must be {par.pp} positive counts summing to n_layers={s.model.n_layers}",
-                "parallel.layers_per_stage",
-            )
-    from sim.cost.topology import n_devices
-
-    if s.disaggregation is not None:
-        _check_pools(s, s.disaggregation)
-        return
-    if s.offload is not None:
-        _check_offload(s, s.offload)
-    have = n_devices(s.cluster)
-    need = par.replicas * par.devices_per_replica
-    if need > have:
-        raise s.error(
-            f"replicas × tp × pp = {par.replicas} × {par.tp} × {par.pp} = {need} devices, "
-            f"but cluster {s.cluster.name} has {have}",
-            "parallel",
-        )
-
-
-def _check_pools(s: Scenario, dis: DisaggregationSpec) -> None:
-    from sim.cost.topology import n_devices
-
-    shared = 0  # devices the pools take from the scenario's cluster
-    for role, pool in (("prefill", dis.prefill), ("decode", dis.decode)):
-        key = f"disaggregation.{role}"
-        try:
-            check_tp(s.model, pool.tp, s.parallel.attention)
-        except LlmsimError as exc:
-            raise s.error(exc.message, f"{key}.tp") from None
-        if pool.pp > s.model.n_layers:
-            raise s.error(
-                f"{pool.pp} stages exceed the model's {s.model.n_layers} layers", f"{key}.pp"
-            )
-        if pool.cluster is None:
-            shared += pool.devices
-        elif pool.devices > n_devices(pool.cluster):
-            raise s.error(
-                f"replicas × tp × pp = {pool.devices} devices, but cluster "
-                f"{pool.cluster.name} has {n_devices(pool.cluster)}",
-                key,
-            )
-    if shared > n_devices(s.cluster):
-        raise s.error(
-            f"the pools need {shared} devices of cluster {s.cluster.name}, which has "
-            f"{n_devices(s.cluster)}",
-            "disaggregation",
-        )
-    if s.scheduler.policy not in ("vllm", "sarathi"):
-        raise s.error(
-            f"policy {s.scheduler.policy!r} cannot decode requests prefilled elsewhere; "
-            "use vllm or sarathi",
-            "scheduler.policy",
-        )
-
-
-def _check_offload(s: Scenario, off: OffloadSpec) -> None:
-    """FlexGen's setting: one GPU running static blocks of the offload's shape."""
-    par = s.parallel
-    if (par.tp, par.pp, par.replicas) != (1, 1, 1):
-        raise s.error(
-            "offloading runs one replica on one GPU: tp, pp and replicas must be 1", "parallel"
-        )
-    if s.scheduler.policy != "static":
-        raise s.error(
-            "offloading runs blocks of requests: use the static policy", "scheduler.policy"
-        )
-    batch = s.scheduler.policy_params().batch_size
-    if batch != off.block:
-        raise s.error(
-            f"batch_size {batch} must equal offload.gpu_batch_size × offload.gpu_batches = "
-            f"{off.gpu_batch_size} × {off.gpu_batches} = {off.block}",
-            "scheduler.batch_size",
-        )

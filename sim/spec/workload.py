@@ -1,4 +1,5 @@
-"""Workloads: when requests arrive and how many prompt and output tokens each carries.
+"""Workloads as a user writes them: when requests arrive and how many prompt and output
+tokens each carries. Drawing the requests is sim.workload's job; this module validates.
 
 What it models
   * Arrivals: renewal processes (Poisson, Gamma inter-arrivals with a chosen coefficient
@@ -28,21 +29,17 @@ names the file, its line and its column; no row is ever dropped silently.
 
 from __future__ import annotations
 
-import functools
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-import numpy as np
-import pandas as pd
 from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
 from sim.errors import LlmsimError
 from sim.spec.base import Seconds, Spec
+from sim.spec.recipes import merge_recipe
 from sim.spec.slo import SLOSpec
-from sim.workload.traces import _load, _load_column, _resolve
 
 # A run holds a handful of arrays of this length; past it, memory rather than time is
 # what runs out, so a spec asking for more is an error, not a slow crash.
@@ -375,326 +372,12 @@ class WorkloadSpec(Spec):
         return self.model_copy(update={"arrival": a.model_copy(update={"rate": a.rate * factor})})
 
 
-# ------------------------------------------------------------------------------ result
-
-
-@dataclass(frozen=True, eq=False)
-class Arrivals:
-    """The generated requests, in arrival order; the arrays are read-only."""
-
-    arrival_s: np.ndarray  # float64, non-decreasing
-    prompt_tokens: np.ndarray  # int64 >= 1
-    output_tokens: np.ndarray  # int64 >= 1
-    class_index: np.ndarray  # int32 index into class_names
-    class_names: tuple[str, ...]
-
-    def __post_init__(self) -> None:
-        for arr in (self.arrival_s, self.prompt_tokens, self.output_tokens, self.class_index):
-            arr.setflags(write=False)
-
-    def __len__(self) -> int:
-        return len(self.arrival_s)
-
-    def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame(
-            {
-                "arrival_s": self.arrival_s,
-                "prompt_tokens": self.prompt_tokens,
-                "output_tokens": self.output_tokens,
-                "class": pd.Categorical.from_codes(self.class_index, pd.Index(self.class_names)),
-            }
-        )
-
-
-# ---------------------------------------------------------------------------- generate
-
-
-def generate(spec: WorkloadSpec, seed: int, base_dir: Path | None = None) -> Arrivals:
-    """Draw the requests of `spec`; relative paths resolve from `base_dir`, then the
-    catalog roots."""
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise LlmsimError(f"expected a non-negative integer, got {seed!r}", key="seed")
-    classes = spec.resolved_classes()
-    # Child i of a SeedSequence depends only on i, so adding a class moves no stream.
-    arrival_ss, class_ss, *class_ss_list = np.random.SeedSequence(int(seed)).spawn(2 + len(classes))
-    if spec.trace is not None:
-        times, prompts, outputs = _replay(spec, spec.trace, base_dir)
-    else:
-        times = _arrival_times(spec, np.random.default_rng(arrival_ss))
-    n = len(times)
-    if len(classes) == 1:
-        class_index = np.zeros(n, dtype=np.int32)
-    else:
-        weights = np.array([c.weight for c in classes])
-        rng = np.random.default_rng(class_ss)
-        class_index = rng.choice(len(classes), size=n, p=weights / weights.sum()).astype(np.int32)
-    if spec.trace is None:
-        prompts = np.empty(n, dtype=np.int64)
-        outputs = np.empty(n, dtype=np.int64)
-        for i, cls in enumerate(classes):
-            rows: slice | np.ndarray = slice(None)
-            if len(classes) > 1:
-                rows = np.flatnonzero(class_index == i)
-            m = n if isinstance(rows, slice) else len(rows)
-            prompt_rng, output_rng = (np.random.default_rng(s) for s in class_ss_list[i].spawn(2))
-            if cls.lengths is not None:
-                key = _source_key(spec, i, "lengths")
-                table = _load(_resolve(cls.lengths.path, base_dir, key + ".path"), "auto", False)
-                pick = prompt_rng.integers(0, len(table.prompt_tokens), size=m)
-                prompts[rows] = _cut(table.prompt_tokens[pick], cls.lengths.max_prompt)
-                outputs[rows] = _cut(table.output_tokens[pick], cls.lengths.max_output)
-            else:
-                assert cls.prompt is not None and cls.output is not None
-                p_key, o_key = _source_key(spec, i, "prompt"), _source_key(spec, i, "output")
-                prompts[rows] = _draw(cls.prompt, prompt_rng, m, base_dir, p_key)
-                outputs[rows] = _draw(cls.output, output_rng, m, base_dir, o_key)
-    return Arrivals(times, prompts, outputs, class_index, spec.class_names)
-
-
-def _source_key(spec: WorkloadSpec, i: int, field: str) -> str:
-    if spec.classes and getattr(spec.classes[i], field) is not None:
-        return f"{PREFIX}.classes.{i}.{field}"
-    return f"{PREFIX}.{field}"
-
-
-def _cut(values: np.ndarray, limit: int | None) -> np.ndarray:
-    return values if limit is None else np.minimum(values, limit)
-
-
-def _arrival_times(spec: WorkloadSpec, rng: np.random.Generator) -> np.ndarray:
-    a, n, until = spec.arrival, spec.requests, spec.duration_s
-    if isinstance(a, BurstArrivals):
-        assert n is not None
-        return np.zeros(n)
-    if isinstance(a, ConstantArrivals):
-        if n is None:
-            assert until is not None
-            _check_expected(until * a.rate)
-            n = math.ceil(until * a.rate) + 1
-            times = np.arange(n) / a.rate
-            return times[: np.searchsorted(times, until, side="left")]
-        return np.arange(n) / a.rate
-    if isinstance(a, PoissonArrivals):
-        return _renewal(lambda m: rng.exponential(1.0 / a.rate, m), a.rate, n, until)
-    if isinstance(a, GammaArrivals):
-        shape = 1.0 / a.cv**2  # Gamma(k, θ) has CV 1/√k and mean kθ = 1/rate
-        return _renewal(lambda m: rng.gamma(shape, 1.0 / (a.rate * shape), m), a.rate, n, until)
-    assert isinstance(a, OnOffArrivals)
-    # A Poisson process in "on-time" (the clock that runs only while on), mapped onto
-    # the wall clock by inserting an off period after each `on_s` of on-time.
-    period = a.on_s + a.off_s
-    on_until = None
-    if until is not None:
-        full, rest = divmod(until, period)
-        on_until = full * a.on_s + min(rest, a.on_s)
-    on_time = _renewal(lambda m: rng.exponential(1.0 / a.rate, m), a.rate, n, on_until)
-    cycles, within = np.divmod(on_time, a.on_s)
-    return cycles * period + within
-
-
-def _check_expected(expected: float) -> None:
-    if expected > MAX_REQUESTS:
-        raise LlmsimError(
-            f"about {expected:,.0f} requests expected; at most {MAX_REQUESTS:,} are supported",
-            key=f"{PREFIX}.duration_s",
-        )
-
-
-def _renewal(draw: Any, rate: float, n: int | None, until: float | None) -> np.ndarray:
-    """Arrival times 0, g1, g1+g2, ...: `n` of them, or all those before `until`."""
-    if n is not None:
-        times = np.zeros(n)
-        np.cumsum(draw(n - 1), out=times[1:])
-        return times
-    assert until is not None
-    expected = until * rate
-    _check_expected(expected)
-    # Chunks sized to overshoot with high probability, so one draw is the usual case.
-    size = int(expected + 6 * math.sqrt(expected) + 64)
-    chunks, last, total = [np.zeros(1)], 0.0, 1
-    while last < until:
-        chunk = last + np.cumsum(draw(size))
-        chunks.append(chunk)
-        last, total = float(chunk[-1]), total + size
-        _check_expected(total)
-    times = np.concatenate(chunks)
-    return times[: np.searchsorted(times, until, side="left")]
-
-
 def _normal_mass(lo: float, hi: float) -> float:
     from scipy import special  # only normal/lognormal lengths need it: keep start-up light
 
     if lo > 0:  # work in the tail where ndtr keeps its precision
         lo, hi = -hi, -lo
     return float(special.ndtr(hi) - special.ndtr(lo))
-
-
-def _truncated_normal(rng: np.random.Generator, lo: float, hi: float, m: int) -> np.ndarray:
-    """Standard normal draws conditioned on [lo, hi), by inverse CDF (no rejection loop)."""
-    from scipy import special
-
-    flip = lo > 0
-    if flip:
-        lo, hi = -hi, -lo
-    u = rng.uniform(special.ndtr(lo), special.ndtr(hi), m)
-    z = special.ndtri(u)
-    return -z if flip else z
-
-
-@functools.lru_cache(maxsize=8)
-def _zipf_cdf(a: float, size: int) -> np.ndarray:
-    weights = np.arange(1, size + 1, dtype=np.float64) ** -a
-    cdf = np.cumsum(weights)
-    cdf /= cdf[-1]
-    cdf.setflags(write=False)
-    return cdf
-
-
-def _draw(
-    dist: Any, rng: np.random.Generator, m: int, base_dir: Path | None, key: str
-) -> np.ndarray:
-    if isinstance(dist, FixedLength):
-        return np.full(m, dist.value, dtype=np.int64)
-    if isinstance(dist, UniformLength):
-        return rng.integers(dist.min, dist.max, size=m, endpoint=True, dtype=np.int64)
-    if isinstance(dist, EmpiricalLength):
-        path = _resolve(dist.path, base_dir, key + ".path")
-        values = _load_column(path, dist.column, key + ".column")
-        return values[rng.integers(0, len(values), size=m)]
-    if isinstance(dist, ZipfLength):
-        cdf = _zipf_cdf(dist.a, dist.max - dist.min + 1)
-        rank = np.minimum(np.searchsorted(cdf, rng.random(m), side="right"), len(cdf) - 1)
-        return rank.astype(np.int64) + dist.min
-    lo, hi_z = dist.z_bounds()
-    z = _truncated_normal(rng, lo, hi_z, m)
-    if isinstance(dist, NormalLength):
-        x = dist.mean + dist.std * z
-    else:
-        x = np.exp(dist.mu + dist.sigma * z)
-    hi = 2**53 if dist.max is None else dist.max  # "unbounded" still fits an int64
-    # Rounding maps [v - 0.5, v + 0.5) to v, which is why the bounds are widened by 0.5.
-    return np.clip(np.rint(np.nan_to_num(x, posinf=hi)), dist.min, hi).astype(np.int64)
-
-
-def _replay(
-    spec: WorkloadSpec, tr: TraceSpec, base_dir: Path | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    table = _load(_resolve(tr.path, base_dir, f"{PREFIX}.trace.path"), tr.format, True)
-    assert table.arrival_s is not None
-    # Rows [first, stop) of the file are replayed.
-    first = int(np.searchsorted(table.arrival_s, tr.start_s, side="left"))
-    stop = len(table.arrival_s)
-    if tr.limit is not None:
-        stop = min(stop, first + tr.limit)
-    times = (table.arrival_s[first:stop] - tr.start_s) / tr.time_scale
-    if spec.duration_s is not None:
-        times = times[: np.searchsorted(times, spec.duration_s, side="left")]
-    if spec.requests is not None:
-        if spec.requests > len(times):
-            raise LlmsimError(
-                f"{spec.requests} requested but the trace has {len(times)} "
-                "after start_s, limit and duration_s",
-                key=f"{PREFIX}.requests",
-            )
-        times = times[: spec.requests]
-    if len(times) == 0:
-        raise LlmsimError("no requests left after start_s/limit/duration_s", key=f"{PREFIX}.trace")
-    stop = first + len(times)
-    prompts = _cut(table.prompt_tokens[first:stop], tr.max_prompt).copy()
-    outputs = _cut(table.output_tokens[first:stop], tr.max_output).copy()
-    return times, prompts, outputs
-
-
-# ----------------------------------------------------------------------------- recipes
-
-_RECIPE_META = ("name", "description", "source", "aliases", "notes")
-
-
-def resolve_recipe(data: dict, base_dir: Path | None = None) -> dict:
-    """Merge `workload: {recipe: NAME, ...}` over the named recipe in workloads/.
-
-    The scenario's keys override the recipe's. A mapping of the same `process`/`dist`
-    is merged key by key (so `lengths: {max_prompt: 4096}` keeps the recipe's path);
-    giving lengths in one form drops the recipe's other forms, and `requests` drops the
-    recipe's `duration_s` (and the reverse). Error keys are relative to the workload
-    mapping (`recipe`), for the caller to place under its own prefix.
-    """
-    return _resolve_recipe(data, base_dir, ())[0]
-
-
-def _resolve_recipe(
-    data: dict, base_dir: Path | None, seen: tuple[Path, ...]
-) -> tuple[dict, dict[str, Path]]:
-    """The merged mapping, and for each top-level key taken from a recipe, its file."""
-    from sim.spec import catalog
-
-    if "recipe" not in data:
-        return dict(data), {}
-    name = data["recipe"]
-    if not isinstance(name, str) or not name:
-        raise LlmsimError(f"expected a recipe name, got {name!r}", key="recipe")
-    local = (base_dir or Path.cwd()) / name
-    try:
-        path = local if local.suffix in (".yaml", ".yml") and local.is_file() else None
-        path = path or catalog.find("workload", name)
-    except LlmsimError:
-        recipes = sorted(e.name for e in catalog.entries("workload") if e.path.suffix == ".yaml")
-        message = f"unknown recipe {name!r}; valid recipes: {', '.join(recipes)}"
-        raise LlmsimError(message, key="recipe") from None
-    if path.suffix not in (".yaml", ".yml"):
-        raise LlmsimError(f"{name!r} is not a recipe (.yaml)", key="recipe")
-    path = path.resolve()
-    if path in seen:
-        raise LlmsimError("recipe includes itself", file=str(path), key="recipe")
-    raw = catalog.read_yaml(path)
-    if not isinstance(raw, dict):
-        raise LlmsimError("expected a mapping", file=str(path))
-    recipe = _rebase_paths({k: v for k, v in raw.items() if k not in _RECIPE_META}, path.parent)
-    recipe, origin = _resolve_recipe(recipe, path.parent, (*seen, path))
-    origin = {k: origin.get(k, path) for k in recipe}
-
-    given = {k: v for k, v in data.items() if k != "recipe"}
-    dropped: set[str] = set()
-    if "trace" in given:
-        dropped |= {"arrival", "prompt", "output", "lengths"}
-    if "lengths" in given:
-        dropped |= {"prompt", "output", "trace"}
-    if given.keys() & {"prompt", "output"}:
-        dropped |= {"lengths", "trace"}
-    if "arrival" in given:
-        dropped.add("trace")
-    if "requests" in given:
-        dropped.add("duration_s")
-    if "duration_s" in given:
-        dropped.add("requests")
-    merged = {k: v for k, v in recipe.items() if k not in dropped}
-    for key, value in given.items():
-        merged[key] = _merge(merged.get(key), value)
-        origin.pop(key, None)
-    return merged, {k: v for k, v in origin.items() if k in merged}
-
-
-def _merge(base: Any, over: Any) -> Any:
-    if not (isinstance(base, dict) and isinstance(over, dict)):
-        return over
-    for tag in ("process", "dist"):
-        if tag in over and over[tag] != base.get(tag):
-            return over  # another variant: the recipe's other keys would not fit it
-    return {**base, **over}
-
-
-def _rebase_paths(value: Any, folder: Path) -> Any:
-    """A recipe's relative `path:` that exists beside the recipe is made absolute, so
-    it survives being merged into a scenario elsewhere; others resolve as usual."""
-    if isinstance(value, list):
-        return [_rebase_paths(v, folder) for v in value]
-    if not isinstance(value, dict):
-        return value
-    out = {k: _rebase_paths(v, folder) for k, v in value.items()}
-    path = out.get("path")
-    if isinstance(path, str) and not Path(path).is_absolute() and (folder / path).is_file():
-        out["path"] = str((folder / path).resolve())
-    return out
 
 
 def parse_workload(
@@ -705,7 +388,7 @@ def parse_workload(
     if not isinstance(data, dict):
         raise LlmsimError(f"expected a mapping, got {type(data).__name__}", file=file, key=PREFIX)
     try:
-        merged, origin = _resolve_recipe(data, base_dir, ())
+        merged, origin = merge_recipe(data, base_dir, ())
     except LlmsimError as exc:
         # Keys from resolve_recipe are relative to the workload mapping; a recipe's own
         # file (malformed YAML, say) is kept over the scenario's.

@@ -64,7 +64,7 @@ from sim.spec.slo import SLOSpec
 from sim.studies.compare import check_jobs
 
 if TYPE_CHECKING:
-    from sim.engine.run import Results
+    from sim.results.run import Results
     from sim.spec.scenario import Scenario
 
 DEFAULT_LOADS = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25)
@@ -207,7 +207,7 @@ class _Point:
 
 def _run_point(point: _Point) -> RunMetrics:
     """Simulate one point (module level: it runs in a worker process)."""
-    from sim.engine.run import simulate
+    from sim.results.run import simulate
 
     s = point.scenario
     scaled = s.model_copy(update={"workload": s.workload.scaled(point.factor), "seed": point.seed})
@@ -382,7 +382,7 @@ def base_rate_rps(scenario: Scenario) -> float:
         return float(rate)
     if wl.trace is None:
         raise scenario.error("a burst has no rate to search over", "workload.arrival")
-    from sim.spec.workload import generate
+    from sim.workload.arrivals import generate
 
     arrivals = generate(wl, scenario.seed, scenario.base_dir).arrival_s
     span = float(arrivals.max() - arrivals.min()) if len(arrivals) else 0.0

@@ -260,9 +260,9 @@ class _Task:
 
 def run_variant(task: _Task) -> VariantResult:
     """Load and simulate one variant (a module-level function: it runs in a worker)."""
-    from sim.engine.run import simulate
+    from sim.plan import load_scenario
     from sim.results.report import json_safe
-    from sim.spec.scenario import load_scenario
+    from sim.results.run import simulate
 
     result = VariantResult(task.variant)
     try:

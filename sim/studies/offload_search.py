@@ -43,10 +43,13 @@ import numpy as np
 from scipy.optimize import linprog
 
 from sim.arith.ops import Work
-from sim.cost import make_kernel
-from sim.engine.offload import StepModel, StepPricer
+from sim.arith.precision import Precision
+from sim.cost.offload import VARIABLES, Linear, StepModel, StepPricer, tier_bytes
+from sim.cost.topology import build_cluster
 from sim.errors import LlmsimError
-from sim.spec.offload import TENSORS, TIERS, VARIABLES, Linear, OffloadSpec, tier_bytes
+from sim.plan.kernels import make_kernel
+from sim.plan.offload import offload_machine
+from sim.spec.offload import TENSORS, TIERS, OffloadSpec
 from sim.spec.scenario import Scenario
 
 OBJECTIVES = ("throughput", "latency")
@@ -156,12 +159,9 @@ class OffloadModel:
     the simulator's executor prices a step."""
 
     def __init__(self, scenario: Scenario):
-        from sim.cost.topology import build_cluster
-        from sim.engine.run import offload_machine
-
         s = scenario
         self.model = s.model
-        self.precision = s.precision.build()
+        self.precision = Precision.of(s.precision)
         cluster = build_cluster(s.cluster)
         try:
             self.machine = offload_machine(cluster)
@@ -364,7 +364,7 @@ def _powers(limit: int) -> tuple[int, ...]:
 
 def workload_lengths(scenario: Scenario) -> tuple[int, int]:
     """The longest prompt and output of the scenario's requests (a block pads to them)."""
-    from sim.spec.workload import generate
+    from sim.workload.arrivals import generate
 
     try:
         arrivals = generate(scenario.workload, scenario.seed, scenario.base_dir)
@@ -495,7 +495,7 @@ def _shortfall(
 def policy_scenario(scenario: Scenario, policy: Policy) -> Scenario:
     """`scenario` running `policy`: its `offload:`, a static batch of one block, and one
     block of requests (the policy's prompt and output) arriving at once."""
-    from sim.spec.scenario import load_scenario
+    from sim.plan import load_scenario
 
     data = scenario.resolved_dict()
     for key in ("compare", "offload"):
@@ -532,7 +532,7 @@ def policy_scenario(scenario: Scenario, policy: Policy) -> Scenario:
 
 def simulate_policy(scenario: Scenario, policy: Policy) -> float:
     """Simulated seconds for one block of `policy` (burst at t = 0 to the last token)."""
-    from sim.engine.run import simulate
+    from sim.results.run import simulate
 
     results = simulate(policy_scenario(scenario, policy), records=False)
     return float(results.summary["sim_time_s"])

@@ -386,7 +386,7 @@ class ResultsTable:
 def run_task(task: SweepTask) -> dict[str, Any]:
     """Run one task and return its row (module level: it runs in a worker). Bad input
     becomes an error row with its one line; so does an unexpected exception, named."""
-    from sim.spec.scenario import load_scenario
+    from sim.plan import load_scenario
 
     wall0 = time.perf_counter()
     row: dict[str, Any] = {
@@ -414,7 +414,7 @@ def run_task(task: SweepTask) -> dict[str, Any]:
 
 
 def _run_metrics(scenario: Scenario) -> dict[str, Any]:
-    from sim.engine.run import simulate
+    from sim.results.run import simulate
 
     s = simulate(scenario, records=False).summary
     slo, cost = s.get("slo") or {}, s.get("cost") or {}

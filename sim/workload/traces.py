@@ -21,13 +21,12 @@ import numpy as np
 import pandas as pd
 
 from sim.errors import LlmsimError
+from sim.spec import catalog
 
 
-def _resolve(path: str, base_dir: Path | None, key: str) -> Path:
+def resolve_path(path: str, base_dir: Path | None, key: str) -> Path:
     """A data file: absolute, or relative to `base_dir` (the scenario's directory,
     default the working directory), then to each catalog root."""
-    from sim.spec import catalog
-
     given = Path(path).expanduser()
     if given.is_absolute():
         candidates = [given]
@@ -49,7 +48,7 @@ TraceFormat = Literal["azure", "plain", "auto"]
 
 
 @dataclass(frozen=True, eq=False)
-class _Table:
+class Table:
     arrival_s: np.ndarray | None
     prompt_tokens: np.ndarray
     output_tokens: np.ndarray
@@ -67,7 +66,7 @@ def load_trace(path: Path | str, format: str = "auto") -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise LlmsimError("file not found", file=str(path))
-    table = _load(path, format, True)
+    table = load_table(path, format, True)
     return pd.DataFrame(
         {
             "arrival_s": np.array(table.arrival_s),
@@ -77,18 +76,18 @@ def load_trace(path: Path | str, format: str = "auto") -> pd.DataFrame:
     )
 
 
-def _load(path: Path, fmt: str, need_arrivals: bool) -> _Table:
+def load_table(path: Path, fmt: str, need_arrivals: bool) -> Table:
     stat = path.stat()  # part of the cache key: an edited file is read again
     return _load_cached(str(path), stat.st_mtime_ns, stat.st_size, fmt, need_arrivals)
 
 
-def _load_column(path: Path, column: str, key: str) -> np.ndarray:
+def load_column(path: Path, column: str, key: str) -> np.ndarray:
     stat = path.stat()
     return _load_column_cached(str(path), stat.st_mtime_ns, stat.st_size, column, key)
 
 
 @functools.lru_cache(maxsize=32)
-def _load_cached(name: str, _mtime: int, _size: int, fmt: str, need_arrivals: bool) -> _Table:
+def _load_cached(name: str, _mtime: int, _size: int, fmt: str, need_arrivals: bool) -> Table:
     path = Path(name)
     header = _header(path)
     kind = _detect(path, header, fmt, need_arrivals)
@@ -114,7 +113,7 @@ def _load_cached(name: str, _mtime: int, _size: int, fmt: str, need_arrivals: bo
             now, before = frame[time_col].iloc[row], frame[time_col].iloc[row - 1]
             message = f"time goes backwards: {now} comes after {before} on the previous row"
             raise _row_error(path, row, time_col, message)
-    table = _Table(times, checks[prompt_col][0], checks[output_col][0])
+    table = Table(times, checks[prompt_col][0], checks[output_col][0])
     for arr in (table.arrival_s, table.prompt_tokens, table.output_tokens):
         if arr is not None:
             arr.setflags(write=False)

@@ -1,0 +1,113 @@
+"""Whether a scenario describes a deployment that can be built: the combinations no
+single field of the spec can judge (parallelism against the model's shapes and the
+cluster's devices, disaggregated pools, offloading's one-GPU setting).
+
+Memory fit is judged when the replicas are planned (sim.plan.memory): it needs the
+activation workspace and the layer split, and gives the same kind of error.
+"""
+
+from __future__ import annotations
+
+from sim.arith.ops import check_tp
+from sim.cost.layouts import check_layout
+from sim.cost.topology import n_devices
+from sim.errors import LlmsimError
+from sim.spec.offload import OffloadSpec
+from sim.spec.scenario import DisaggregationSpec, Scenario
+
+
+def check_scenario(s: Scenario) -> None:
+    """Combinations no single field can judge: parallelism against the model and the
+    cluster. Memory fit is checked when the replicas are planned (it needs the cost of
+    the activations), with the same kind of error."""
+    try:
+        check_layout(s.parallel.tp_layout, s.model, s.parallel.tp, s.parallel.attention)
+    except LlmsimError as exc:
+        key = exc.key or "parallel.tp"
+        message = exc.message
+        if key == "parallel.tp_layout" and s.parallel.tp_layout == "1d-weight-stationary":
+            key, message = "parallel.tp", message.removeprefix("1d-weight-stationary: ")
+        raise s.error(message, key) from None
+    par = s.parallel
+    if par.pp > s.model.n_layers:
+        raise s.error(
+            f"{par.pp} stages exceed the model's {s.model.n_layers} layers", "parallel.pp"
+        )
+    if par.layers_per_stage is not None:
+        if len(par.layers_per_stage) != par.pp:
+            raise s.error(
+                f"gives {len(par.layers_per_stage)} stages but pp={par.pp}",
+                "parallel.layers_per_stage",
+            )
+        if sum(par.layers_per_stage) != s.model.n_layers or min(par.layers_per_stage) < 1:
+            raise s.error(
+                f"must be {par.pp} positive counts summing to n_layers={s.model.n_layers}",
+                "parallel.layers_per_stage",
+            )
+    if s.disaggregation is not None:
+        _check_pools(s, s.disaggregation)
+        return
+    if s.offload is not None:
+        _check_offload(s, s.offload)
+    have = n_devices(s.cluster)
+    need = par.replicas * par.devices_per_replica
+    if need > have:
+        raise s.error(
+            f"replicas × tp × pp = {par.replicas} × {par.tp} × {par.pp} = {need} devices, "
+            f"but cluster {s.cluster.name} has {have}",
+            "parallel",
+        )
+
+
+def _check_pools(s: Scenario, dis: DisaggregationSpec) -> None:
+    shared = 0  # devices the pools take from the scenario's cluster
+    for role, pool in (("prefill", dis.prefill), ("decode", dis.decode)):
+        key = f"disaggregation.{role}"
+        try:
+            check_tp(s.model, pool.tp, s.parallel.attention)
+        except LlmsimError as exc:
+            raise s.error(exc.message, f"{key}.tp") from None
+        if pool.pp > s.model.n_layers:
+            raise s.error(
+                f"{pool.pp} stages exceed the model's {s.model.n_layers} layers", f"{key}.pp"
+            )
+        if pool.cluster is None:
+            shared += pool.devices
+        elif pool.devices > n_devices(pool.cluster):
+            raise s.error(
+                f"replicas × tp × pp = {pool.devices} devices, but cluster "
+                f"{pool.cluster.name} has {n_devices(pool.cluster)}",
+                key,
+            )
+    if shared > n_devices(s.cluster):
+        raise s.error(
+            f"the pools need {shared} devices of cluster {s.cluster.name}, which has "
+            f"{n_devices(s.cluster)}",
+            "disaggregation",
+        )
+    if s.scheduler.policy not in ("vllm", "sarathi"):
+        raise s.error(
+            f"policy {s.scheduler.policy!r} cannot decode requests prefilled elsewhere; "
+            "use vllm or sarathi",
+            "scheduler.policy",
+        )
+
+
+def _check_offload(s: Scenario, off: OffloadSpec) -> None:
+    """FlexGen's setting: one GPU running static blocks of the offload's shape."""
+    par = s.parallel
+    if (par.tp, par.pp, par.replicas) != (1, 1, 1):
+        raise s.error(
+            "offloading runs one replica on one GPU: tp, pp and replicas must be 1", "parallel"
+        )
+    if s.scheduler.policy != "static":
+        raise s.error(
+            "offloading runs blocks of requests: use the static policy", "scheduler.policy"
+        )
+    batch = s.scheduler.policy_params().batch_size
+    if batch != off.block:
+        raise s.error(
+            f"batch_size {batch} must equal offload.gpu_batch_size × offload.gpu_batches = "
+            f"{off.gpu_batch_size} × {off.gpu_batches} = {off.block}",
+            "scheduler.batch_size",
+        )

@@ -1,0 +1,64 @@
+"""Prompt and output lengths drawn from a parametric law or a recorded column.
+
+Token counts are integers >= 1. Parametric laws are *truncated* to [min, max] (sampled
+by inverse CDF, so no mass piles up on a bound); recorded lengths are drawn with
+replacement.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sim.spec.workload import EmpiricalLength, FixedLength, NormalLength, UniformLength, ZipfLength
+from sim.workload.traces import load_column, resolve_path
+
+
+def _truncated_normal(rng: np.random.Generator, lo: float, hi: float, m: int) -> np.ndarray:
+    """Standard normal draws conditioned on [lo, hi), by inverse CDF (no rejection loop)."""
+    from scipy import special
+
+    flip = lo > 0
+    if flip:
+        lo, hi = -hi, -lo
+    u = rng.uniform(special.ndtr(lo), special.ndtr(hi), m)
+    z = special.ndtri(u)
+    return -z if flip else z
+
+
+@functools.lru_cache(maxsize=8)
+def _zipf_cdf(a: float, size: int) -> np.ndarray:
+    weights = np.arange(1, size + 1, dtype=np.float64) ** -a
+    cdf = np.cumsum(weights)
+    cdf /= cdf[-1]
+    cdf.setflags(write=False)
+    return cdf
+
+
+def draw_lengths(
+    dist: Any, rng: np.random.Generator, m: int, base_dir: Path | None, key: str
+) -> np.ndarray:
+    if isinstance(dist, FixedLength):
+        return np.full(m, dist.value, dtype=np.int64)
+    if isinstance(dist, UniformLength):
+        return rng.integers(dist.min, dist.max, size=m, endpoint=True, dtype=np.int64)
+    if isinstance(dist, EmpiricalLength):
+        path = resolve_path(dist.path, base_dir, key + ".path")
+        values = load_column(path, dist.column, key + ".column")
+        return values[rng.integers(0, len(values), size=m)]
+    if isinstance(dist, ZipfLength):
+        cdf = _zipf_cdf(dist.a, dist.max - dist.min + 1)
+        rank = np.minimum(np.searchsorted(cdf, rng.random(m), side="right"), len(cdf) - 1)
+        return rank.astype(np.int64) + dist.min
+    lo, hi_z = dist.z_bounds()
+    z = _truncated_normal(rng, lo, hi_z, m)
+    if isinstance(dist, NormalLength):
+        x = dist.mean + dist.std * z
+    else:
+        x = np.exp(dist.mu + dist.sigma * z)
+    hi = 2**53 if dist.max is None else dist.max  # "unbounded" still fits an int64
+    # Rounding maps [v - 0.5, v + 0.5) to v, which is why the bounds are widened by 0.5.
+    return np.clip(np.rint(np.nan_to_num(x, posinf=hi)), dist.min, hi).astype(np.int64)
