@@ -176,7 +176,7 @@ def summarize(rows: list[Row]) -> Summary:
 
 def default_data_path() -> Path:
     """`shared/data/measurements-dev.yaml` beside the checkout (../shared from the root)."""
-    return Path(sim.__file__).resolve().parents[2] / "shared" / "data" / "measurements-dev.yaml"
+    return Path(__file__).resolve().parents[3] / "shared" / "data" / "measurements-dev.yaml"
 
 
 def load_measurements(path: Path) -> list[Any]:
