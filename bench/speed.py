@@ -40,9 +40,9 @@ from sim.plan import load_scenario
 s = load_scenario(sys.argv[1], sys.argv[2:])
 res = simulate(s)
 print(json.dumps({"sim_wall_s": res.wall_s, "events": res.events,
-                  "requests": res.summary["requests"], "finished": res.summary["finished"],
-                  "tpot_p50_s": res.summary["tpot_s"]["p50"],
-                  "ttft_p50_s": res.summary["ttft_s"]["p50"],
+                  "requests": res.summary.requests, "finished": res.summary.finished,
+                  "tpot_p50_s": res.summary.tpot_s.p50,
+                  "ttft_p50_s": res.summary.ttft_s.p50,
                   "since_start_s": time.perf_counter() - t0}))
 """
 

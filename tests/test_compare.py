@@ -18,14 +18,8 @@ import yaml
 
 from sim.cli.main import main
 from sim.errors import LlmsimError
-from sim.studies.compare import (
-    VaryAxis,
-    default_window,
-    expand,
-    parse_vary,
-    parse_window,
-    split_top_level,
-)
+from sim.studies.compare import default_window
+from sim.studies.variants import VaryAxis, expand, parse_vary, parse_window, split_top_level
 from tests.cli_helpers import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -300,7 +294,7 @@ def test_chrome_trace_has_one_x_event_per_stage_execution(tmp_path):
     }
     assert ("process_name", "replica 0") in names and ("thread_name", "stage 1") in names
     begins = [e for e in events if e["ph"] == "b" and e["name"] == "request"]
-    assert len(begins) == results.summary["finished"]
+    assert len(begins) == results.summary.finished
     path = write_trace(results, tmp_path / "t.json")
     assert json.loads(path.read_text())["displayTimeUnit"] == "ms"
 

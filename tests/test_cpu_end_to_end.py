@@ -121,6 +121,6 @@ def test_simulated_latency_matches_a_real_decoder_on_this_cpu(calibrated):
         }
     )
     summary = simulate(scenario).summary
-    ttft, tpot = summary["ttft_s"]["p50"], summary["tpot_s"]["p50"]
+    ttft, tpot = summary.ttft_s.p50, summary.tpot_s.p50
     assert ttft == pytest.approx(prefill, rel=TOLERANCE), (ttft, prefill)
     assert tpot == pytest.approx(decode, rel=TOLERANCE), (tpot, decode)

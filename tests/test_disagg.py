@@ -41,8 +41,8 @@ def test_tokens_conserved_and_every_request_decodes_on_the_decode_pool():
     assert (req["status"] == "finished").all()
     assert (req["replica"] == 2).all()  # replicas 0-1 prefill, 2 decodes
     assert int(res.iterations["tokens_out"].sum()) == int(req["output_tokens"].sum())
-    assert res.summary["kv_transfer"]["transfers"] == 200
-    assert res.summary["kv_transfer"]["bytes"] == 200 * 512 * 819_200
+    assert res.summary.kv_transfer.transfers == 200
+    assert res.summary.kv_transfer.bytes == 200 * 512 * 819_200
     roles = res.devices.groupby("role")["device"].apply(sorted).to_dict()
     assert roles == {"prefill": [0, 1], "decode": [2]}
     # Prefill replicas never decode: all their iterations are prefills.
@@ -76,7 +76,7 @@ def test_fast_links_approach_decode_only_latency():
         it = res.iterations
         decode_only = it[(it["replica"] == 1) & (it["prefill_tokens"] == 0)]
         step = (decode_only["end_s"] - decode_only["start_s"]) / decode_only["iterations"]
-        return res.summary["tpot_s"]["p50"], float(step.median())
+        return res.summary.tpot_s.p50, float(step.median())
 
     slow, _ = tpot("1 GB/s")
     fast, step = tpot("1 PB/s")
@@ -97,7 +97,7 @@ def test_pools_of_different_devices():
     assert (res.requests["status"] == "finished").all()
     kinds = res.devices.groupby("role")["kind"].first().to_dict()
     assert kinds == {"prefill": "h100-sxm", "decode": "a100-80gb-sxm"}
-    assert res.summary["cost"]["devices"] == 3
+    assert res.summary.cost.devices == 3
 
 
 def test_pool_errors_name_the_pool():

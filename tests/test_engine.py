@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from sim.plan import load_scenario
 from sim.results.report import summary_json
 from sim.results.run import simulate
-from sim.results.summary import latency_columns
+from sim.results.slo import latency_columns
 from tests.scenarios_for_tests import make
 
 BASE = {
@@ -114,7 +114,7 @@ def test_memory_pressure_preempts_and_still_conserves_tokens():
         workload__requests=60,
     )
     res = simulate(s)
-    assert res.summary["preemptions"] > 0
+    assert res.summary.preemptions > 0
     check_invariants(res)
     swap = simulate(
         s.model_copy(
@@ -159,10 +159,10 @@ def test_leaps_give_the_same_results_as_stepping(sched, model):
     cols = ["scheduled_s", "first_token_s", "finish_s"]
     np.testing.assert_allclose(leap.requests[cols], step.requests[cols], rtol=1e-9, atol=1e-9)
     assert (leap.requests["preemptions"] == step.requests["preemptions"]).all()
-    assert leap.summary["iterations"] == step.summary["iterations"]
+    assert leap.summary.iterations == step.summary.iterations
     assert leap.iterations["tokens_out"].sum() == step.iterations["tokens_out"].sum()
     for key in ("mfu", "mbu", "device_utilization"):
-        assert leap.summary[key] == pytest.approx(step.summary[key], rel=1e-9)
+        assert leap.summary.metric(key) == pytest.approx(step.summary.metric(key), rel=1e-9)
 
 
 def test_leaps_count_the_bytes_of_batch_sharded_attention_like_steps():
@@ -177,7 +177,7 @@ def test_leaps_count_the_bytes_of_batch_sharded_attention_like_steps():
         records=False,
     )
     assert leap.events < step.events
-    assert leap.summary["mbu"] == pytest.approx(step.summary["mbu"], rel=1e-9)
+    assert leap.summary.mbu == pytest.approx(step.summary.mbu, rel=1e-9)
 
 
 def test_each_replica_charges_its_own_tp_links():
@@ -231,9 +231,9 @@ def test_continuous_beats_static_on_the_same_load():
     packed = simulate(
         scenario(scheduler={"policy": "static", "batch_size": 16, "padding": "packed"}, **kw)
     ).summary
-    assert cont["e2e_s"]["mean"] < packed["e2e_s"]["mean"] <= padded["e2e_s"]["mean"]
+    assert cont.e2e_s.mean < packed.e2e_s.mean <= padded.e2e_s.mean
     # Padding computes phantom tokens: more device work for the same requests.
-    assert packed["mfu"] <= padded["mfu"]
+    assert packed.mfu <= padded.mfu
 
 
 def test_tp_and_pp_replicas_run_and_use_links():
@@ -254,7 +254,7 @@ def test_tp_and_pp_replicas_run_and_use_links():
         )
     )
     check_invariants(tp8)
-    assert tp8.summary["tpot_s"]["p50"] < res.summary["tpot_s"]["p50"]
+    assert tp8.summary.tpot_s.p50 < res.summary.tpot_s.p50
 
 
 def test_results_serialise(tmp_path):

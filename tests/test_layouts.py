@@ -248,4 +248,4 @@ def test_a_layout_that_prices_attention_by_batch_sizes_and_balances_by_batch_too
     assert sizes.kv_bytes_per_token == [
         kv_bytes_per_token_per_device(model, 8, n, "bf16", "batch") for n in sizes.stages
     ]
-    assert simulate(s, records=False).summary["finished"] == 10
+    assert simulate(s, records=False).summary.finished == 10

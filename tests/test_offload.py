@@ -100,7 +100,7 @@ def capacities(s: Scenario) -> dict[str, float]:
 
 
 def sim_s(s: Scenario) -> float:
-    return float(simulate(s).summary["sim_time_s"])
+    return float(simulate(s).summary.sim_time_s)
 
 
 # ------------------------------------------------------------------ capacities
@@ -131,7 +131,7 @@ def test_random_placements_fit_or_are_rejected_naming_the_tier():
             have["gpu"],
         )
         assert all(checked[t] <= have[t] for t in TIERS)
-        assert simulate(s).summary["finished"] == s.offload.block
+        assert simulate(s).summary.finished == s.offload.block
         fitted += 1
     assert fitted >= 5 and rejected >= 5  # both sides were exercised
 
@@ -308,7 +308,7 @@ def test_cli_prints_a_table_and_a_pasteable_snippet(tmp_path, capsys):
     data = yaml.safe_load(path.read_text())
     data.update(pasted)
     data["workload"]["requests"] = spec.block
-    assert simulate(load_scenario(data)).summary["finished"] == spec.block
+    assert simulate(load_scenario(data)).summary.finished == spec.block
 
 
 def test_cli_json(tmp_path, capsys):

@@ -57,9 +57,9 @@ def test_fill_drain_bubble_is_exact(constant_stages, p, m):
         }
     )
     res = simulate(s)
-    assert res.summary["bubble_fraction"] == pytest.approx((p - 1) / (m + p - 1), abs=1e-9)
+    assert res.summary.bubble_fraction == pytest.approx((p - 1) / (m + p - 1), abs=1e-9)
     spans = res.stages
-    assert len(spans) == p * m * res.summary["iterations"]
+    assert len(spans) == p * m * res.summary.iterations
 
 
 def test_continuous_has_no_bubble_at_steady_state(constant_stages):
@@ -82,7 +82,7 @@ def test_continuous_has_no_bubble_at_steady_state(constant_stages):
         busy = (np.minimum(g["end_s"], hi) - np.maximum(g["start_s"], lo)).clip(lower=0).sum()
         assert busy / (hi - lo) > 0.999, stage
     # Over the whole run, only the fill at the start and the drain at the end are idle.
-    assert res.summary["bubble_fraction"] < 0.02
+    assert res.summary.bubble_fraction < 0.02
 
 
 def test_hybrid_beats_fill_drain_for_small_decode_batches_on_many_stages():
@@ -103,8 +103,8 @@ def test_hybrid_beats_fill_drain_for_small_decode_batches_on_many_stages():
             parallel={**par, "pipeline": {"schedule": "hybrid", "decode_microbatches": 8}}, **common
         )
     )
-    assert hybrid.summary["output_tokens_per_s"] > 1.3 * fill.summary["output_tokens_per_s"]
-    assert hybrid.summary["bubble_fraction"] < fill.summary["bubble_fraction"]
+    assert hybrid.summary.output_tokens_per_s > 1.3 * fill.summary.output_tokens_per_s
+    assert hybrid.summary.bubble_fraction < fill.summary.bubble_fraction
 
 
 @pytest.mark.parametrize("schedule", sorted(SCHEDULES))
@@ -167,6 +167,6 @@ def test_several_engines_share_one_stage_without_overlap():
         workload__arrival={"process": "poisson", "rate": 20.0},
     )
     res = simulate(s)
-    assert res.summary["device_utilization"] <= 1 + 1e-9
+    assert res.summary.device_utilization <= 1 + 1e-9
     spans = res.stages.sort_values("start_s")
     assert (spans["start_s"].to_numpy()[1:] >= spans["end_s"].to_numpy()[:-1] - 1e-12).all()

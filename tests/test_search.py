@@ -15,15 +15,8 @@ from sim.cli.main import main
 from sim.errors import LlmsimError
 from sim.plan import load_scenario
 from sim.results.run import simulate
-from sim.studies.capacity import (
-    CapacityResult,
-    Probe,
-    RunMetrics,
-    _interval,
-    capacity,
-    latency_curve,
-    run_metrics,
-)
+from sim.studies.capacity import CapacityResult, _interval, capacity
+from sim.studies.probes import Probe, RunMetrics, latency_curve, run_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = yaml.safe_load((ROOT / "scenarios" / "quickstart.yaml").read_text())

@@ -15,15 +15,8 @@ import yaml
 
 from sim.cli.main import main
 from sim.errors import LlmsimError
-from sim.studies.sweep import (
-    ResultsTable,
-    SweepSpec,
-    expand_tasks,
-    load_sweep,
-    pareto_front,
-    pareto_path,
-    run_sweep,
-)
+from sim.studies.store import ResultsTable, pareto_front, pareto_path
+from sim.studies.sweep import SweepSpec, expand_tasks, load_sweep, run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = yaml.safe_load((ROOT / "scenarios" / "quickstart.yaml").read_text())

@@ -12,16 +12,8 @@ import yaml
 from sim.arith.memory import kv_bytes_per_token
 from sim.arith.params import total_params
 from sim.errors import LlmsimError
-from sim.fidelity.validate import (
-    NOT_REPRODUCIBLE,
-    OK,
-    SKIPPED,
-    Report,
-    Row,
-    default_data_path,
-    summarize,
-    validate,
-)
+from sim.fidelity.rows import NOT_REPRODUCIBLE, OK, SKIPPED, Report, Row, summarize
+from sim.fidelity.validate import default_data_path, validate
 from sim.plan.analyze import analyze
 from sim.spec import catalog
 from tests.cli_helpers import run_cli

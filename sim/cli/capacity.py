@@ -11,7 +11,7 @@ import yaml
 
 from sim.cli.main import add_overrides
 from sim.errors import LlmsimError
-from sim.results.report import aligned, fmt_num
+from sim.results.table import aligned, fmt_num
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -63,8 +63,9 @@ def _loads(text: str) -> tuple[float, ...]:
 
 def run(ns: argparse.Namespace) -> int:
     from sim.plan import load_scenario
+    from sim.results.plots import plot_curve
     from sim.results.report import summary_json
-    from sim.studies.capacity import capacity, plot_curve, result_slos
+    from sim.studies.capacity import capacity, result_slos
 
     scenario = load_scenario(ns.scenario, ns.overrides)
     loads = _loads(ns.loads)

@@ -65,16 +65,8 @@ def setup(sub: argparse._SubParsersAction) -> None:
 def run(ns: argparse.Namespace) -> int:
     from sim.plan import load_scenario
     from sim.spec.scenario import Scenario
-    from sim.studies.compare import (
-        VariantResult,
-        expand,
-        parse_vary,
-        parse_window,
-        run_variants,
-        table,
-        to_json,
-        write_outputs,
-    )
+    from sim.studies.compare import VariantResult, run_variants, table, to_json, write_outputs
+    from sim.studies.variants import expand, parse_vary, parse_window
 
     axes = [parse_vary(spec, "--vary") for spec in ns.vary]
     window = parse_window(ns.window) if ns.window else None

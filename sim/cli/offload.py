@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from sim.cli.main import add_overrides
 from sim.errors import LlmsimError
-from sim.results.report import aligned
+from sim.results.table import aligned
 
 if TYPE_CHECKING:
     from sim.studies.offload_search import Policy, SearchResult

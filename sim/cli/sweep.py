@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from sim.cli.main import add_progress, progress_flag
 from sim.errors import LlmsimError
-from sim.results.report import aligned, fmt_num
+from sim.results.table import aligned, fmt_num
 
 if TYPE_CHECKING:  # pandas only when the command runs: `llmsim --help` stays quick
     import pandas as pd
@@ -43,14 +43,8 @@ def setup(sub: argparse._SubParsersAction) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
-    from sim.studies.sweep import (
-        load_sweep,
-        pareto_front,
-        pareto_path,
-        ranked,
-        run_sweep,
-        write_pareto,
-    )
+    from sim.studies.store import pareto_front, pareto_path, ranked, write_pareto
+    from sim.studies.sweep import load_sweep, run_sweep
 
     if ns.max_cost is not None and not ns.max_cost > 0:
         raise LlmsimError(f"expected a positive number (got {ns.max_cost})", key="--max-cost")
@@ -108,7 +102,7 @@ def _metric_name(metric: str) -> str:
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    from sim.results.report import json_safe
+    from sim.results.table import json_safe
 
     out: list[dict[str, Any]] = json_safe(frame.to_dict(orient="records"))
     for row in out:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from sim.results.report import aligned
+from sim.results.table import aligned
 
 if TYPE_CHECKING:  # the command imports the library only when it runs
     from sim.fidelity.validate import Report, Row

@@ -1,4 +1,5 @@
-"""Plots as PNG files: the Gantt chart of pipeline stages and metric bar charts.
+"""Plots as PNG files: the Gantt chart of pipeline stages, metric bar charts, and the
+throughput–latency curve of a capacity search.
 
 matplotlib is imported inside each function, never at module level, so commands that
 draw nothing (`llmsim run`) do not pay for it. Figures are built on the Agg canvas
@@ -11,10 +12,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    import pandas as pd
+import numpy as np
+import pandas as pd
+
+from sim.spec.slo import SLOSpec
 
 PHASE_COLORS = {"prefill": "#1f77b4", "decode": "#ff7f0e", "mixed": "#2ca02c"}
 SHADES = (0.0, 0.35, 0.6)  # mixed with white: neighbouring micro-batches differ
@@ -164,6 +167,61 @@ def metric_bars(
     axes[0].set_ylim(n - 0.5, -0.5)
     if title:
         fig.suptitle(title, x=0.01, ha="left", fontsize=10)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out)
+    return out
+
+
+def plot_curve(
+    curve: pd.DataFrame,
+    slos: Sequence[SLOSpec],
+    path: str | Path,
+    *,
+    capacity_rps: float | None = None,
+    title: str = "",
+) -> Path:
+    """Two panels, TTFT and TPOT against offered load: p50 and p99, each SLO bound as a
+    horizontal line and the capacity as a vertical one. Drawn on the Agg canvas."""
+    fig = _figure(11, 4.2)
+    axes = fig.subplots(1, 2, sharex=True)
+    x = curve["offered_rps"].to_numpy(dtype=float)
+    panels = (("TTFT", "ttft", "ttft_s"), ("TPOT", "tpot", "tpot_s"))
+    for ax, (label, col, bound_attr) in zip(axes, panels, strict=True):
+        drawn = False
+        for q, style in (("p50", "o--"), ("p99", "s-")):
+            y = pd.to_numeric(curve[f"{col}_{q}_s"], errors="coerce").to_numpy(dtype=float) * 1e3
+            if np.isfinite(y).any():
+                ax.plot(x, y, style, label=f"{label} {q}", markersize=4)
+                drawn = True
+        bounds = sorted({b for s in slos if (b := getattr(s, bound_attr)) is not None})
+        for b in bounds:
+            text = f"{b:g} s" if b >= 1 else f"{b * 1e3:g} ms"
+            ax.axhline(b * 1e3, color="#b00020", linestyle=":", label=f"SLO {text}")
+        if capacity_rps:
+            ax.axvline(
+                capacity_rps,
+                color="#555555",
+                linestyle="-.",
+                linewidth=1,
+                label=f"capacity {capacity_rps:.3g} req/s",
+            )
+        ax.set_xlabel("offered load (req/s)")
+        ax.set_ylabel(f"{label} (ms)")
+        if drawn:
+            ys = curve[[f"{col}_p50_s", f"{col}_p99_s"]].to_numpy(dtype=float).ravel()
+            ys = ys[np.isfinite(ys) & (ys > 0)]
+            if ys.size and ys.max() / ys.min() > 50:
+                ax.set_yscale("log")
+        else:
+            ax.text(
+                0.5, 0.5, f"no {label} (one-token outputs)", transform=ax.transAxes, ha="center"
+            )
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.set_title(f"{label} vs offered load", fontsize=10)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     out = Path(path)
     fig.savefig(out)

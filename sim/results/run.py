@@ -8,7 +8,6 @@ summary is computed from those records alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import pandas as pd
 
@@ -17,14 +16,8 @@ from sim.engine.run import run
 from sim.errors import LlmsimError
 from sim.plan.deploy import deploy
 from sim.progress import Progress
-from sim.results.summary import (
-    cost_summary,
-    device_frame,
-    link_frame,
-    pipeline_summary,
-    resource_summary,
-    summarize,
-)
+from sim.results.frames import device_frame, link_frame
+from sim.results.summary import Summary, summarize
 from sim.spec.scenario import Scenario
 from sim.workload.arrivals import generate
 
@@ -34,7 +27,7 @@ PROGRESS_MIN_REQUESTS = 2000  # smaller runs end before a bar is worth drawing
 @dataclass
 class Results:
     scenario: Scenario
-    summary: dict[str, Any]
+    summary: Summary
     requests: pd.DataFrame
     iterations: pd.DataFrame
     devices: pd.DataFrame
@@ -70,25 +63,18 @@ def simulate(
 
 def collect(run_: RunRecords) -> Results:
     """The frames and summary of a finished run."""
-    scenario = run_.deployment.scenario
-    recorder = run_.recorder
     requests = run_.requests_frame()
-    iterations = recorder.iterations_frame()
     devices = device_frame(run_)
     links = link_frame(run_)
-    summary = summarize(scenario, requests, recorder, devices, links, run_.duration_s)
-    summary.update(pipeline_summary(run_))
-    summary.update(resource_summary(devices, links))
-    summary["cost"] = cost_summary(run_, summary)
-    if run_.kv_transfers is not None:
-        transfers, moved = run_.kv_transfers
-        dis = scenario.disaggregation
-        summary["kv_transfer"] = {
-            "transfers": transfers,
-            "bytes": moved,
-            "mode": dis.transfer if dis else "",
-        }
-    stages = recorder.stages_frame()
+    summary = summarize(run_, requests, devices, links)
     return Results(
-        scenario, summary, requests, iterations, devices, links, stages, run_.wall_s, run_.events
+        run_.deployment.scenario,
+        summary,
+        requests,
+        run_.recorder.iterations_frame(),
+        devices,
+        links,
+        run_.recorder.stages_frame(),
+        run_.wall_s,
+        run_.events,
     )

@@ -1,171 +1,214 @@
-"""Statistics of a run, computed afterwards from the flat records with pandas.
+"""The summary of a run: a typed record computed from the run's records alone.
 
-Latencies per request: TTFT = first token − arrival; TPOT = (finish − first token) /
-(output tokens − 1), for requests with more than one output token; end-to-end =
-finish − arrival; queueing = first scheduled − arrival. Throughput counts finished
-requests over the simulated span (first arrival to last event). MFU is model FLOPs
-over (span × peak FLOP/s × devices in use); bandwidth utilisation likewise with HBM
-bytes. KV utilisation is the time-weighted share of KV blocks in use, averaged over engines.
+Throughput counts finished requests over the simulated span (first arrival to last
+event). MFU is model FLOPs over (span × peak FLOP/s) averaged over the devices in use;
+bandwidth utilisation likewise with HBM bytes. KV utilisation is the time-weighted share
+of KV blocks in use, averaged over engines. The bubble fraction is the share of stage
+time left idle while a replica had a step in flight. Latencies and SLOs: sim.results.slo.
+
+`Summary.to_dict()` is what `summary.json` holds; `Summary.metric("ttft_s.p99")` reads
+one figure by its dotted name (the columns of compare, capacity and sweep tables).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from sim.spec.slo import SLOSpec
-
-if TYPE_CHECKING:
-    from sim.engine.records import Recorder, RunRecords
-    from sim.spec.scenario import Scenario
-
-PERCENTILES = (50, 90, 99)
+from sim.engine.records import RunRecords
+from sim.results.slo import LatencyStats, SLOReport, latency_columns
 
 
-def latency_columns(requests: pd.DataFrame) -> pd.DataFrame:
-    """TTFT, TPOT, end-to-end and queueing seconds of finished requests."""
-    done = requests[requests["status"] == "finished"]
-    out = pd.DataFrame(index=done.index)
-    out["class"] = done["class"]
-    out["ttft_s"] = done["first_token_s"] - done["arrival_s"]
-    decode_tokens = done["output_tokens"] - 1
-    out["tpot_s"] = (done["finish_s"] - done["first_token_s"]) / decode_tokens.where(
-        decode_tokens > 0
-    )
-    out["e2e_s"] = done["finish_s"] - done["arrival_s"]
-    out["queue_s"] = done["scheduled_s"] - done["arrival_s"]
-    out["output_tokens"] = done["output_tokens"]
-    out["prompt_tokens"] = done["prompt_tokens"]
-    return out
+@dataclass(frozen=True)
+class CostSummary:
+    """What the devices in use cost per hour and per million output tokens, at the
+    catalog's indicative hourly prices (None when a device has no price)."""
+
+    devices: int
+    usd_per_hour: float | None
+    usd_per_million_output_tokens: float | None
 
 
-def _stats(values: pd.Series) -> dict[str, float | None]:
-    v = values.dropna().to_numpy(dtype=float)
-    if v.size == 0:
-        return {"mean": None, **{f"p{p}": None for p in PERCENTILES}}
-    stats: dict[str, float | None] = {"mean": float(v.mean())}
-    for p, q in zip(PERCENTILES, np.percentile(v, PERCENTILES), strict=True):
-        stats[f"p{p}"] = float(q)
-    return stats
+@dataclass(frozen=True)
+class ClassSummary:
+    requests: int
+    finished: int
+    ttft_s: LatencyStats
+    tpot_s: LatencyStats
+    e2e_s: LatencyStats
+    slo: SLOReport
 
 
-def meets_slo(lat: pd.DataFrame, slo: SLOSpec) -> pd.Series:
-    """Per finished request: does it meet every bound of `slo`?"""
-    ok = pd.Series(True, index=lat.index)
-    if slo.ttft_s is not None:
-        ok &= lat["ttft_s"] <= slo.ttft_s
-    if slo.tpot_s is not None:
-        ok &= lat["tpot_s"].fillna(0.0) <= slo.tpot_s
-    if slo.e2e_s is not None:
-        ok &= lat["e2e_s"] <= slo.e2e_s
-    return ok
+@dataclass(frozen=True)
+class KVTransferSummary:
+    transfers: int
+    bytes: float
+    mode: str
 
 
-def slo_report(lat: pd.DataFrame, slo: SLOSpec, total: int, span_s: float) -> dict[str, Any]:
-    """Attainment (share of all requests that finished within every bound), goodput,
-    and whether each bound holds at the SLO's percentile."""
-    if slo.empty:
-        return {}
-    ok = meets_slo(lat, slo)
-    met = int(ok.sum())
-    report: dict[str, Any] = {
-        "attainment": met / total if total else None,
-        "goodput_rps": met / span_s if span_s > 0 else None,
-        "percentile": slo.percentile,
-    }
-    for key, bound in (("ttft_s", slo.ttft_s), ("tpot_s", slo.tpot_s), ("e2e_s", slo.e2e_s)):
-        if bound is None:
-            continue
-        v = lat[key].dropna()
-        at = float(np.percentile(v, slo.percentile)) if len(v) else None
-        report[f"{key}_at_percentile"] = at
-        report[f"{key}_bound"] = bound
-        report[f"{key}_holds"] = bool(at is not None and at <= bound)
-    return report
+@dataclass(frozen=True)
+class Summary:
+    scenario: str
+    seed: int
+    requests: int
+    finished: int
+    rejected: int
+    unfinished: int
+    sim_time_s: float
+    span_s: float
+    throughput_rps: float | None
+    output_tokens_per_s: float | None
+    total_tokens_per_s: float | None
+    ttft_s: LatencyStats
+    tpot_s: LatencyStats
+    e2e_s: LatencyStats
+    queue_s: LatencyStats
+    preemptions: int
+    mfu: float
+    mbu: float
+    kv_utilization: float
+    kv_utilization_peak: float
+    device_utilization: float
+    iterations: int
+    reject_reasons: dict[str, int]  # by category, only when some were rejected
+    slo: SLOReport
+    classes: dict[str, ClassSummary] | None  # per class, when there are several
+    bubble_fraction: float
+    stage_utilization: list[float]
+    memory_bytes_per_device_peak: float
+    link_utilization_max: float
+    cost: CostSummary
+    kv_transfer: KVTransferSummary | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary as `summary.json` writes it (empty optional parts left out)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "reject_reasons" and not value:
+                continue
+            if f.name in ("classes", "kv_transfer") and value is None:
+                continue
+            out[f.name] = _plain(value)
+        return out
+
+    def metric(self, name: str) -> Any:
+        """One figure by dotted name: `throughput_rps`, `ttft_s.p99`, `cost.devices`,
+        `slo.attainment` (None where the summary has no such figure)."""
+        value: Any = self.to_dict()
+        for part in name.split("."):
+            if not isinstance(value, dict) or part not in value:
+                return None
+            value = value[part]
+        return value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, LatencyStats | SLOReport):
+        return value.to_dict()
+    if isinstance(value, ClassSummary | CostSummary | KVTransferSummary):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def summarize(
-    scenario: Scenario,
-    requests: pd.DataFrame,
-    recorder: Recorder,
-    devices: pd.DataFrame,
-    links: pd.DataFrame,
-    end_s: float,
-) -> dict[str, Any]:
+    run: RunRecords, requests: pd.DataFrame, devices: pd.DataFrame, links: pd.DataFrame
+) -> Summary:
+    scenario = run.deployment.scenario
+    recorder = run.recorder
+    end_s = run.duration_s
     lat = latency_columns(requests)
     n = len(requests)
     finished = int((requests["status"] == "finished").sum())
     rejected_mask = requests["status"] == "rejected"
+    rejected = int(rejected_mask.sum())
     start_s = float(requests["arrival_s"].min()) if n else 0.0
     span = max(end_s - start_s, 0.0)
     out_tokens = float(lat["output_tokens"].sum())
     in_tokens = float(lat["prompt_tokens"].sum())
-    summary: dict[str, Any] = {
-        "scenario": scenario.name,
-        "seed": scenario.seed,
-        "requests": n,
-        "finished": finished,
-        "rejected": int(rejected_mask.sum()),
-        "unfinished": n - finished - int(rejected_mask.sum()),
-        "sim_time_s": end_s,
-        "span_s": span,
-        "throughput_rps": finished / span if span > 0 else None,
-        "output_tokens_per_s": out_tokens / span if span > 0 else None,
-        "total_tokens_per_s": (out_tokens + in_tokens) / span if span > 0 else None,
-        "ttft_s": _stats(lat["ttft_s"]),
-        "tpot_s": _stats(lat["tpot_s"]),
-        "e2e_s": _stats(lat["e2e_s"]),
-        "queue_s": _stats(lat["queue_s"]),
-        "preemptions": int(requests["preemptions"].sum()),
-        "mfu": _weighted(devices, "mfu"),
-        "mbu": _weighted(devices, "mbu"),
-        "kv_utilization": recorder.kv_share_seconds / (span * max(len(recorder.engines), 1))
-        if span > 0
-        else 0.0,
-        "kv_utilization_peak": recorder.kv_share_peak,
-        "device_utilization": _weighted(devices, "utilization"),
-        "iterations": recorder.iterations_total,
-    }
-    if summary["rejected"]:
+    reasons: dict[str, int] = {}
+    if rejected:
         # Reasons read "category: details"; the summary counts categories.
-        reasons = Counter(
+        counts = Counter(
             str(r).split(":", 1)[0] for r in requests.loc[rejected_mask, "reject_reason"]
         )
-        summary["reject_reasons"] = dict(sorted(reasons.items()))
+        reasons = dict(sorted(counts.items()))
     slo = scenario.slo
-    summary["slo"] = slo_report(lat, slo, n, span)
-    classes = scenario.workload.class_names
-    if len(classes) > 1:
-        per_class = {}
-        for name in classes:
+    classes = None
+    names = scenario.workload.class_names
+    if len(names) > 1:
+        classes = {}
+        for name in names:
             sub = lat[lat["class"] == name]
             total = int((requests["class"] == name).sum())
             cls_slo = scenario.workload.slo_for(name) or slo
-            per_class[name] = {
-                "requests": total,
-                "finished": len(sub),
-                "ttft_s": _stats(sub["ttft_s"]),
-                "tpot_s": _stats(sub["tpot_s"]),
-                "e2e_s": _stats(sub["e2e_s"]),
-                "slo": slo_report(sub, cls_slo, total, span),
-            }
-        summary["classes"] = per_class
-    return summary
+            classes[name] = ClassSummary(
+                total,
+                len(sub),
+                LatencyStats.of(sub["ttft_s"]),
+                LatencyStats.of(sub["tpot_s"]),
+                LatencyStats.of(sub["e2e_s"]),
+                SLOReport.of(sub, cls_slo, total, span),
+            )
+    bubble, per_stage = _pipeline(run)
+    output_rate = out_tokens / span if span > 0 else None
+    kv_transfer = None
+    if run.kv_transfers is not None:
+        dis = scenario.disaggregation
+        kv_transfer = KVTransferSummary(*run.kv_transfers, dis.transfer if dis else "")
+    return Summary(
+        scenario=scenario.name,
+        seed=scenario.seed,
+        requests=n,
+        finished=finished,
+        rejected=rejected,
+        unfinished=n - finished - rejected,
+        sim_time_s=end_s,
+        span_s=span,
+        throughput_rps=finished / span if span > 0 else None,
+        output_tokens_per_s=output_rate,
+        total_tokens_per_s=(out_tokens + in_tokens) / span if span > 0 else None,
+        ttft_s=LatencyStats.of(lat["ttft_s"]),
+        tpot_s=LatencyStats.of(lat["tpot_s"]),
+        e2e_s=LatencyStats.of(lat["e2e_s"]),
+        queue_s=LatencyStats.of(lat["queue_s"]),
+        preemptions=int(requests["preemptions"].sum()),
+        mfu=_mean(devices, "mfu"),
+        mbu=_mean(devices, "mbu"),
+        kv_utilization=recorder.kv_share_seconds / (span * max(len(recorder.engines), 1))
+        if span > 0
+        else 0.0,
+        kv_utilization_peak=recorder.kv_share_peak,
+        device_utilization=_mean(devices, "utilization"),
+        iterations=recorder.iterations_total,
+        reject_reasons=reasons,
+        slo=SLOReport.of(lat, slo, n, span),
+        classes=classes,
+        bubble_fraction=bubble,
+        stage_utilization=per_stage,
+        memory_bytes_per_device_peak=float(devices["memory_bytes_peak"].max())
+        if len(devices)
+        else 0.0,
+        link_utilization_max=float(links["utilization"].max()) if len(links) else 0.0,
+        cost=_cost(run, output_rate),
+        kv_transfer=kv_transfer,
+    )
 
 
-def pipeline_summary(run: RunRecords) -> dict[str, Any]:
-    """Bubble fraction: the share of stage time left idle while a replica had a step in
-    flight, 1 − Σ stage busy / (stages × time in flight), over all replicas; and each
-    stage's busy share of the run (averaged over replicas)."""
+def _pipeline(run: RunRecords) -> tuple[float, list[float]]:
+    """Bubble fraction, 1 − Σ stage busy / (stages × time in flight) over all replicas,
+    and each stage's busy share of the run (averaged over replicas)."""
     end_s = run.duration_s
     replicas = run.deployment.replicas
     busy = sum(st.busy_s for st in run.stages)
-    capacity = sum(
-        len(rep.stages) * active for rep, active in zip(replicas, run.active_s, strict=True)
-    )
+    active = zip(replicas, run.active_s, strict=True)
+    capacity = sum(len(rep.stages) * seconds for rep, seconds in active)
     n_stages = len(replicas[0].stages) if replicas else 0
     per_stage = [
         float(np.mean([st.busy_s for st in run.stages if st.stage == i])) / end_s
@@ -173,16 +216,12 @@ def pipeline_summary(run: RunRecords) -> dict[str, Any]:
         else 0.0
         for i in range(n_stages)
     ]
-    return {
-        # (rounding can leave ~1e-16 where a stage was never idle)
-        "bubble_fraction": _clean_zero(1.0 - busy / capacity) if capacity > 0 else 0.0,
-        "stage_utilization": per_stage,
-    }
+    # (rounding can leave ~1e-16 where a stage was never idle)
+    bubble = 1.0 - busy / capacity if capacity > 0 else 0.0
+    return (0.0 if bubble < 1e-12 else bubble), per_stage
 
 
-def cost_summary(run: RunRecords, summary: dict[str, Any]) -> dict[str, Any]:
-    """What the devices in use cost per hour and per million output tokens served, at
-    the catalog's indicative hourly prices (null when a device has no price)."""
+def _cost(run: RunRecords, output_tokens_per_s: float | None) -> CostSummary:
     devices = 0
     per_hour: float | None = 0.0
     for rep in run.deployment.replicas:
@@ -190,100 +229,10 @@ def cost_summary(run: RunRecords, summary: dict[str, Any]) -> dict[str, Any]:
         devices += n
         price = rep.device.price_per_hour_usd
         per_hour = None if per_hour is None or price is None else per_hour + n * price
-    out_rate = summary.get("output_tokens_per_s") or 0.0
-    return {
-        "devices": devices,
-        "usd_per_hour": per_hour,
-        "usd_per_million_output_tokens": per_hour / 3600 / out_rate * 1e6
-        if per_hour and out_rate
-        else None,
-    }
+    rate = output_tokens_per_s or 0.0
+    per_million = per_hour / 3600 / rate * 1e6 if per_hour and rate else None
+    return CostSummary(devices, per_hour, per_million)
 
 
-def _clean_zero(x: float) -> float:
-    return 0.0 if x < 1e-12 else x
-
-
-def resource_summary(devices: pd.DataFrame, links: pd.DataFrame) -> dict[str, Any]:
-    """Peak memory per device and the busiest link (for comparisons)."""
-    return {
-        "memory_bytes_per_device_peak": float(devices["memory_bytes_peak"].max())
-        if len(devices)
-        else 0.0,
-        "link_utilization_max": float(links["utilization"].max()) if len(links) else 0.0,
-    }
-
-
-def _weighted(devices: pd.DataFrame, column: str) -> float:
+def _mean(devices: pd.DataFrame, column: str) -> float:
     return float(devices[column].mean()) if len(devices) else 0.0
-
-
-def device_frame(run: RunRecords) -> pd.DataFrame:
-    """One row per device in use: busy time, utilisation, MFU, bandwidth use, memory."""
-    d = run.deployment
-    end_s = run.duration_s
-    precision = d.precision
-    block_size = d.scenario.scheduler.policy_params().block_size
-    usage = {(st.replica, st.stage): st for st in run.stages}
-    rows = []
-    for rep, peak_blocks in zip(d.replicas, run.kv_peak_blocks, strict=True):
-        device, sizes = rep.device, rep.memory
-        peak = device.flops(precision.compute_dtype)
-        for stage in rep.stages:
-            used = usage[(rep.index, stage.index)]
-            kv_peak = peak_blocks * block_size * sizes.kv_bytes_per_token[stage.index]
-            if rep.offload is not None:  # the placement's GPU share is in weight_bytes
-                kv_peak = 0.0
-            for dev in stage.devices:
-                rows.append(
-                    {
-                        "device": dev,
-                        "replica": rep.index,
-                        "role": rep.role,
-                        "kind": device.name,
-                        "stage": stage.index,
-                        "busy_s": used.busy_s,
-                        "comm_s": used.comm_s,
-                        "utilization": used.busy_s / end_s if end_s > 0 else 0.0,
-                        "flops": used.flops,
-                        "mfu": used.flops / (end_s * peak) if end_s > 0 else 0.0,
-                        "hbm_bytes": used.bytes,
-                        "mbu": used.bytes / (end_s * device.memory_bandwidth_bytes_per_s)
-                        if end_s > 0
-                        else 0.0,
-                        "weight_bytes": sizes.weight_bytes[stage.index],
-                        "workspace_bytes": sizes.workspace_bytes,
-                        "kv_bytes_peak": kv_peak,
-                        "memory_bytes_peak": sizes.weight_bytes[stage.index]
-                        + sizes.workspace_bytes
-                        + kv_peak,
-                        "memory_bytes": device.memory_bytes,
-                    }
-                )
-    return pd.DataFrame(rows)
-
-
-def link_frame(run: RunRecords) -> pd.DataFrame:
-    """One row per directed link that carried traffic: busy seconds and utilisation.
-    TP all-reduces occupy the links of their ring for the stage's communication time."""
-    end_s = run.duration_s
-    d = run.deployment
-    busy: dict[tuple[str, str], float] = dict(run.link_busy)
-    usage = {(st.replica, st.stage): st for st in run.stages}
-    for rep in d.replicas:
-        for stage in rep.stages:
-            comm = usage[(rep.index, stage.index)].comm_s
-            if comm <= 0:
-                continue
-            for edge in stage.links:
-                busy[edge] = busy.get(edge, 0.0) + comm
-    rows = [
-        {
-            "link": f"{u}->{v}",
-            "kind": d.links[(u, v)].kind if (u, v) in d.links else "",
-            "busy_s": b,
-            "utilization": b / end_s if end_s > 0 else 0.0,
-        }
-        for (u, v), b in sorted(busy.items())
-    ]
-    return pd.DataFrame(rows, columns=["link", "kind", "busy_s", "utilization"])

@@ -47,55 +47,31 @@ Assumptions
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from sim.errors import LlmsimError
-from sim.results.report import json_safe
-from sim.results.summary import latency_columns, meets_slo
+from sim.results.slo import class_slos
+from sim.results.table import json_safe
+from sim.spec.scenario import Scenario
 from sim.spec.slo import SLOSpec
-from sim.studies.compare import check_jobs
-
-if TYPE_CHECKING:
-    from sim.results.run import Results
-    from sim.spec.scenario import Scenario
+from sim.studies.pool import Pool
+from sim.studies.probes import (
+    Probe,
+    _check_options,
+    _curve,
+    _Point,
+    _run_point,
+    base_rate_rps,
+)
 
 DEFAULT_LOADS = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25)
 MAX_DOUBLINGS = 24  # the bracket never leaves [2^-24, 2^24] × the scenario's rate
-CONFIDENCE = 0.95
 MAX_WIDEN = 6  # probes per side the interval may add beyond the bracket
 STEADY_SHARE = 0.9  # completions below this share of arrivals: not at steady state
-
-
-# ----------------------------------------------------------------------- one run
-
-
-@dataclass(frozen=True)
-class RunMetrics:
-    """What one run (one load, one seed) gave inside its measurement window."""
-
-    rate_rps: float  # offered
-    seed: int
-    window_requests: int
-    attainment: float
-    throughput_rps: float
-    goodput_rps: float
-    output_tokens_per_s: float
-    ttft_p50_s: float | None
-    ttft_p99_s: float | None
-    tpot_p50_s: float | None
-    tpot_p99_s: float | None
-    devices: int
-    usd_per_hour: float | None
-    usd_per_million_output_tokens: float | None
-    wall_s: float
 
 
 def check_slo(scenario: Scenario) -> None:
@@ -107,194 +83,6 @@ def check_slo(scenario: Scenario) -> None:
             "(or a class's own slo)",
             "slo",
         )
-
-
-def class_slos(scenario: Scenario) -> dict[str, SLOSpec]:
-    """Each class's SLO: its own, else the scenario's."""
-    wl = scenario.workload
-    return {name: wl.slo_for(name) or scenario.slo for name in wl.class_names}
-
-
-def window_bounds(arrival_s: np.ndarray, warmup: float, drain: float) -> tuple[float, float]:
-    """[lo, hi] of arrival times: the span less its first `warmup` and last `drain`."""
-    t0, t1 = float(arrival_s.min()), float(arrival_s.max())
-    span = t1 - t0
-    return t0 + warmup * span, t1 - drain * span
-
-
-def run_metrics(results: Results, rate_rps: float, warmup: float, drain: float) -> RunMetrics:
-    """Attainment, throughput, goodput and latency percentiles of a run's window (see
-    the module docstring for what the window is and how each is counted)."""
-    scenario = results.scenario
-    req = results.requests
-    if len(req) == 0:
-        raise scenario.error("the workload has no requests", "workload")
-    arrival = req["arrival_s"].to_numpy(dtype=float)
-    lo, hi = window_bounds(arrival, warmup, drain)
-    in_window = (arrival >= lo) & (arrival <= hi)
-    n_window = int(in_window.sum())
-    if n_window == 0 or hi <= lo:
-        raise scenario.error(
-            "the measurement window holds no requests: raise workload.requests (or lower "
-            "warmup and drain)",
-            "workload",
-        )
-    lat = latency_columns(req)
-    met = pd.Series(False, index=req.index)
-    classes = lat["class"].astype(str)
-    for name, slo in class_slos(scenario).items():
-        rows = lat[classes == name]
-        met.loc[rows.index] = meets_slo(rows, slo).to_numpy()
-    met_np = met.to_numpy(dtype=bool)
-    window_idx = req.index[in_window]
-    attainment = float(met_np[in_window].sum()) / n_window
-
-    finish = req["finish_s"].to_numpy(dtype=float)
-    finished = (req["status"] == "finished").to_numpy()
-    done_in = finished & (finish >= lo) & (finish <= hi)
-    seconds = hi - lo
-    out_tokens = req["output_tokens"].to_numpy(dtype=float)
-    throughput = float(done_in.sum()) / seconds
-    goodput = float((done_in & met_np).sum()) / seconds
-    tokens_per_s = float(out_tokens[done_in].sum()) / seconds
-
-    cohort = lat.loc[lat.index.intersection(window_idx)]
-    ttft = _quantiles(cohort["ttft_s"])
-    tpot = _quantiles(cohort["tpot_s"])
-    cost = results.summary.get("cost") or {}
-    per_hour = cost.get("usd_per_hour")
-    per_million = (
-        per_hour / 3600.0 / tokens_per_s * 1e6 if per_hour is not None and tokens_per_s else None
-    )
-    return RunMetrics(
-        rate_rps=rate_rps,
-        seed=scenario.seed,
-        window_requests=n_window,
-        attainment=attainment,
-        throughput_rps=throughput,
-        goodput_rps=goodput,
-        output_tokens_per_s=tokens_per_s,
-        ttft_p50_s=ttft[0],
-        ttft_p99_s=ttft[1],
-        tpot_p50_s=tpot[0],
-        tpot_p99_s=tpot[1],
-        devices=int(cost["devices"]),
-        usd_per_hour=per_hour,
-        usd_per_million_output_tokens=per_million,
-        wall_s=results.wall_s,
-    )
-
-
-def _quantiles(values: pd.Series) -> tuple[float | None, float | None]:
-    v = values.dropna().to_numpy(dtype=float)
-    if v.size == 0:
-        return None, None
-    p50, p99 = np.percentile(v, [50, 99])
-    return float(p50), float(p99)
-
-
-@dataclass(frozen=True)
-class _Point:
-    """One run to do: the scenario at `factor` × its rate, with `seed`."""
-
-    scenario: Scenario
-    factor: float
-    rate_rps: float
-    seed: int
-    warmup: float
-    drain: float
-
-
-def _run_point(point: _Point) -> RunMetrics:
-    """Simulate one point (module level: it runs in a worker process)."""
-    from sim.results.run import simulate
-
-    s = point.scenario
-    scaled = s.model_copy(update={"workload": s.workload.scaled(point.factor), "seed": point.seed})
-    results = simulate(scaled, records=False)
-    return run_metrics(results, point.rate_rps, point.warmup, point.drain)
-
-
-# ----------------------------------------------------------------------- results
-
-
-def _mean(values: Sequence[float | None]) -> float | None:
-    kept = [v for v in values if v is not None]
-    return float(np.mean(kept)) if kept else None
-
-
-@dataclass(frozen=True)
-class Probe:
-    """One load tried by the search (or the curve): every seed's run and their means."""
-
-    factor: float  # × the scenario's rate
-    rate_rps: float
-    runs: tuple[RunMetrics, ...]
-    target: float
-    phase: str = "curve"  # bracket | bisect | interval | curve
-
-    @property
-    def attainments(self) -> tuple[float, ...]:
-        return tuple(r.attainment for r in self.runs)
-
-    @property
-    def attainment(self) -> float:
-        return float(np.mean(self.attainments))
-
-    @property
-    def attainment_se(self) -> float:
-        """Standard error of the mean attainment over seeds (0 with one seed)."""
-        k = len(self.runs)
-        return float(np.std(self.attainments, ddof=1) / math.sqrt(k)) if k > 1 else 0.0
-
-    @property
-    def passed(self) -> bool:
-        return self.attainment >= self.target
-
-    def _margin(self) -> float:
-        k = len(self.runs)
-        if k < 2:
-            return 0.0
-        from scipy.stats import t
-
-        return float(t.ppf(0.5 + CONFIDENCE / 2, k - 1)) * self.attainment_se
-
-    @property
-    def confident_pass(self) -> bool:
-        return self.attainment - self._margin() >= self.target
-
-    @property
-    def confident_fail(self) -> bool:
-        return self.attainment + self._margin() < self.target
-
-    def mean(self, name: str) -> float | None:
-        """The mean over seeds of one `RunMetrics` field."""
-        return _mean([getattr(r, name) for r in self.runs])
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "phase": self.phase,
-            "factor": self.factor,
-            "rate_rps": self.rate_rps,
-            "attainment": self.attainment,
-            "attainment_se": self.attainment_se,
-            "attainments": list(self.attainments),
-            "passed": self.passed,
-            "confident": self.confident_pass or self.confident_fail,
-            **{name: self.mean(name) for name in CURVE_METRICS},
-        }
-
-
-CURVE_METRICS = (
-    "throughput_rps",
-    "goodput_rps",
-    "output_tokens_per_s",
-    "ttft_p50_s",
-    "ttft_p99_s",
-    "tpot_p50_s",
-    "tpot_p99_s",
-    "usd_per_million_output_tokens",
-)
 
 
 @dataclass(frozen=True)
@@ -370,58 +158,6 @@ class CapacityResult:
         }
 
 
-# ------------------------------------------------------------------------ search
-
-
-def base_rate_rps(scenario: Scenario) -> float:
-    """The scenario's own offered rate: its arrival process's mean rate, or for a trace
-    the replayed requests over their arrival span."""
-    wl = scenario.workload
-    rate = wl.mean_rate_per_s
-    if rate is not None:
-        return float(rate)
-    if wl.trace is None:
-        raise scenario.error("a burst has no rate to search over", "workload.arrival")
-    from sim.workload.arrivals import generate
-
-    arrivals = generate(wl, scenario.seed, scenario.base_dir).arrival_s
-    span = float(arrivals.max() - arrivals.min()) if len(arrivals) else 0.0
-    if len(arrivals) < 2 or span <= 0:
-        raise scenario.error("the trace needs two or more arrivals apart in time", "workload")
-    return (len(arrivals) - 1) / span
-
-
-def _check_options(target: float, seeds: int, warmup: float, drain: float, tol: float) -> None:
-    if not 0 < target <= 1:
-        raise LlmsimError(f"must be in (0, 1], got {target}", key="target")
-    if seeds < 1:
-        raise LlmsimError(f"must be >= 1, got {seeds}", key="seeds")
-    if warmup < 0 or drain < 0 or warmup + drain >= 1:
-        raise LlmsimError(
-            f"warmup and drain must be >= 0 with warmup + drain < 1, got {warmup} and {drain}",
-            key="warmup",
-        )
-    if not tol > 0:
-        raise LlmsimError(f"must be > 0, got {tol}", key="tolerance")
-
-
-@contextmanager
-def _executor(jobs: int) -> Iterator[Executor | None]:
-    check_jobs(jobs, "jobs")
-    if jobs == 1:
-        yield None
-        return
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        yield pool
-
-
-def _run_all(pool: Executor | None, points: Sequence[_Point]) -> list[RunMetrics]:
-    """Run the points, in order of the list whatever order they finish in."""
-    if pool is None:
-        return [_run_point(p) for p in points]
-    return list(pool.map(_run_point, points))
-
-
 def capacity(
     scenario: Scenario,
     target: float = 0.99,
@@ -448,12 +184,12 @@ def capacity(
     seed_list = tuple(scenario.seed + i for i in range(seeds))
     probes: list[Probe] = []
 
-    with _executor(jobs) as pool:
+    with Pool(jobs) as pool:
 
         def probe(factor: float, phase: str) -> Probe:
             rate = base * factor
             points = [_Point(scenario, factor, rate, s, warmup, drain) for s in seed_list]
-            p = Probe(factor, rate, tuple(_run_all(pool, points)), target, phase)
+            p = Probe(factor, rate, tuple(pool.map(_run_point, points)), target, phase)
             probes.append(p)
             if on_probe is not None:
                 on_probe(p)
@@ -561,124 +297,6 @@ def _interval(
         fails = [p.rate_rps for p in probes if p.confident_fail and p.factor >= hi.factor]
         upper = min(fails) if fails else None
     return lower, upper
-
-
-# ------------------------------------------------------------------------- curve
-
-
-def _curve(
-    pool: Executor | None,
-    scenario: Scenario,
-    base: float,
-    cap_factor: float,
-    loads: Sequence[float],
-    seeds: Sequence[int],
-    warmup: float,
-    drain: float,
-    target: float,
-) -> pd.DataFrame:
-    factors = [cap_factor * load for load in loads if load > 0]
-    points = [_Point(scenario, f, base * f, s, warmup, drain) for f in factors for s in seeds]
-    runs = _run_all(pool, points)
-    k = len(seeds)
-    probes = [
-        Probe(f, base * f, tuple(runs[i * k : (i + 1) * k]), target) for i, f in enumerate(factors)
-    ]
-    return curve_frame(probes, [load for load in loads if load > 0])
-
-
-def curve_frame(probes: Sequence[Probe], loads: Sequence[float] | None = None) -> pd.DataFrame:
-    """One row per load: offered rate, achieved throughput, goodput, attainment and
-    p50/p99 TTFT and TPOT (means over seeds)."""
-    rows = []
-    for i, p in enumerate(probes):
-        row: dict[str, Any] = {
-            "load": loads[i] if loads is not None else p.factor,
-            "offered_rps": p.rate_rps,
-            "attainment": p.attainment,
-        }
-        row.update({name: p.mean(name) for name in CURVE_METRICS})
-        rows.append(row)
-    columns = ["load", "offered_rps", "attainment", *CURVE_METRICS]
-    return pd.DataFrame(rows, columns=columns)
-
-
-def latency_curve(
-    scenario: Scenario,
-    rates_rps: Sequence[float],
-    seeds: int = 1,
-    warmup: float = 0.1,
-    drain: float = 0.1,
-    jobs: int = 1,
-) -> pd.DataFrame:
-    """The throughput–latency curve at given offered rates, without a search; `load` is
-    then the rate as a multiple of the scenario's own."""
-    _check_options(0.5, seeds, warmup, drain, 1.0)
-    base = base_rate_rps(scenario)
-    seed_list = [scenario.seed + i for i in range(seeds)]
-    factors = [r / base for r in rates_rps]
-    with _executor(jobs) as pool:
-        return _curve(pool, scenario, base, 1.0, factors, seed_list, warmup, drain, 1.0)
-
-
-# -------------------------------------------------------------------------- plot
-
-
-def plot_curve(
-    curve: pd.DataFrame,
-    slos: Sequence[SLOSpec],
-    path: str | Path,
-    *,
-    capacity_rps: float | None = None,
-    title: str = "",
-) -> Path:
-    """Two panels, TTFT and TPOT against offered load: p50 and p99, each SLO bound as a
-    horizontal line and the capacity as a vertical one. Drawn on the Agg canvas."""
-    from sim.results.plots import _figure
-
-    fig = _figure(11, 4.2)
-    axes = fig.subplots(1, 2, sharex=True)
-    x = curve["offered_rps"].to_numpy(dtype=float)
-    panels = (("TTFT", "ttft", "ttft_s"), ("TPOT", "tpot", "tpot_s"))
-    for ax, (label, col, bound_attr) in zip(axes, panels, strict=True):
-        drawn = False
-        for q, style in (("p50", "o--"), ("p99", "s-")):
-            y = pd.to_numeric(curve[f"{col}_{q}_s"], errors="coerce").to_numpy(dtype=float) * 1e3
-            if np.isfinite(y).any():
-                ax.plot(x, y, style, label=f"{label} {q}", markersize=4)
-                drawn = True
-        bounds = sorted({b for s in slos if (b := getattr(s, bound_attr)) is not None})
-        for b in bounds:
-            text = f"{b:g} s" if b >= 1 else f"{b * 1e3:g} ms"
-            ax.axhline(b * 1e3, color="#b00020", linestyle=":", label=f"SLO {text}")
-        if capacity_rps:
-            ax.axvline(
-                capacity_rps,
-                color="#555555",
-                linestyle="-.",
-                linewidth=1,
-                label=f"capacity {capacity_rps:.3g} req/s",
-            )
-        ax.set_xlabel("offered load (req/s)")
-        ax.set_ylabel(f"{label} (ms)")
-        if drawn:
-            ys = curve[[f"{col}_p50_s", f"{col}_p99_s"]].to_numpy(dtype=float).ravel()
-            ys = ys[np.isfinite(ys) & (ys > 0)]
-            if ys.size and ys.max() / ys.min() > 50:
-                ax.set_yscale("log")
-        else:
-            ax.text(
-                0.5, 0.5, f"no {label} (one-token outputs)", transform=ax.transAxes, ha="center"
-            )
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        ax.set_title(f"{label} vs offered load", fontsize=10)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out)
-    return out
 
 
 def result_slos(scenario: Scenario) -> list[SLOSpec]:

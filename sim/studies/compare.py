@@ -1,189 +1,35 @@
-"""`llmsim compare`: variants of one scenario, run side by side.
+"""`llmsim compare`: variants of one scenario (sim.studies.variants), run side by side.
 
-A variant is the scenario with a few keys overridden. `--vary KEY=V1,V2` is one axis of
-variants: the values are YAML (`parallel.tp=4,8` are ints), split on top-level commas
-only, so a mapping or a list passes whole (`scheduler={policy: vllm},{policy: sarathi}`).
-`--vary K1:K2=A1:A2,B1:B2` varies keys together (zipped). Several axes form a cartesian
-product, the first axis outermost. A variant's overrides are applied before the shared
-`--set` ones, so `--set scheduler.max_num_seqs=64` refines every `scheduler=...` variant.
-
-Each variant is loaded and simulated on its own (in a process pool when there are
-several), so an invalid variant becomes a failed row carrying its one-line error and
-the others still run. Results keep the order in which the variants were listed, and
-each is as deterministic as `simulate` itself.
+A variant is the scenario with a few keys overridden; its overrides are applied before
+the shared `--set` ones, so `--set scheduler.max_num_seqs=64` refines every
+`scheduler=...` variant. Each variant is loaded and simulated on its own (in the study
+pool when there are several), so an invalid variant becomes a failed row carrying its
+one-line error and the others still run. Results keep the order in which the variants
+were listed, and each is as deterministic as `simulate` itself.
 """
 
 from __future__ import annotations
 
 import csv
-import itertools
 import json
-import os
-from collections.abc import Callable, Generator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import closing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pandas as pd
-import yaml
 
 from sim.errors import LlmsimError
-from sim.results.report import fmt_num
+from sim.plan import load_scenario
+from sim.results import plots
+from sim.results.run import simulate
+from sim.results.summary import Summary
+from sim.results.table import aligned, fmt_num, json_safe
+from sim.results.trace import write_trace
+from sim.studies.pool import Pool, check_jobs, default_jobs
+from sim.studies.variants import Variant
 
-T = TypeVar("T")
-R = TypeVar("R")
 GANTT_EXECUTIONS = 40  # stage executions the default Gantt window shows
-_OPEN = {"{": "}", "[": "]", "(": ")"}
-_CLOSE = {v: k for k, v in _OPEN.items()}
-
-
-# ------------------------------------------------------------------------ variants
-
-
-def split_top_level(text: str, sep: str) -> list[str]:
-    """Split on `sep` outside brackets and quotes: `{a: 1, b: 2},[3, 4]` is two parts.
-
-    Raises ValueError on unbalanced brackets or an unterminated quote."""
-    parts: list[str] = []
-    stack: list[str] = []
-    quote: str | None = None
-    start = 0
-    for i, ch in enumerate(text):
-        if quote:
-            if ch == quote:
-                quote = None
-        elif ch in "\"'":
-            quote = ch
-        elif ch in _OPEN:
-            stack.append(ch)
-        elif ch in _CLOSE:
-            if not stack or stack.pop() != _CLOSE[ch]:
-                raise ValueError(f"unbalanced {ch!r}")
-        elif ch == sep and not stack:
-            parts.append(text[start:i])
-            start = i + 1
-    if quote:
-        raise ValueError(f"unterminated {quote} quote")
-    if stack:
-        raise ValueError(f"unclosed {stack[-1]!r}")
-    parts.append(text[start:])
-    return parts
-
-
-@dataclass(frozen=True)
-class VaryAxis:
-    """One `--vary`: keys varied together, and the raw YAML text of each point."""
-
-    keys: tuple[str, ...]
-    points: tuple[tuple[str, ...], ...]
-
-
-def parse_vary(spec: str, where: str = "--vary") -> VaryAxis:
-    """`KEY=V1,V2,...` or `K1:K2=A1:A2,B1:B2`; errors name `where` (the flag or key)."""
-
-    def bad(message: str) -> LlmsimError:
-        return LlmsimError(message, key=where)
-
-    form = "expected KEY=V1,V2,... or K1:K2=A1:A2,B1:B2"
-    if "=" not in spec:
-        raise bad(f"{form} (got {spec!r})")
-    lhs, rhs = spec.split("=", 1)
-    keys = tuple(k.strip() for k in lhs.split(":"))
-    for key in keys:
-        if not key or any(not part for part in key.split(".")):
-            raise bad(f"{form}; empty key in {lhs.strip()!r} (got {spec!r})")
-    if len(set(keys)) != len(keys):
-        raise bad(f"a key appears twice in {lhs.strip()!r}")
-    if not rhs.strip():
-        raise bad(f"{form}; no values for {lhs.strip()} (got {spec!r})")
-    try:
-        values = [v.strip() for v in split_top_level(rhs, ",")]
-    except ValueError as exc:
-        raise bad(f"{exc} in values {rhs!r}") from None
-    points: list[tuple[str, ...]] = []
-    for value in values:
-        if len(keys) == 1:
-            parts = [value]
-        else:
-            try:
-                parts = [p.strip() for p in split_top_level(value, ":")]
-            except ValueError as exc:
-                raise bad(f"{exc} in value {value!r}") from None
-            if len(parts) != len(keys):
-                raise bad(
-                    f"{len(keys)} keys {lhs.strip()} but value {value!r} has {len(parts)} "
-                    f"part(s); give one ':'-separated part per key"
-                )
-        for key, part in zip(keys, parts, strict=True):
-            if not part:
-                raise bad(f"{key} has an empty value in {spec!r}")
-            try:
-                yaml.safe_load(part)
-            except yaml.YAMLError:
-                raise bad(f"{key}: {part!r} is not valid YAML") from None
-        points.append(tuple(parts))
-    return VaryAxis(keys, tuple(points))
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One point of the product: `(key, raw YAML value)` pairs, 1-based `index`."""
-
-    index: int
-    assignments: tuple[tuple[str, str], ...]
-
-    @property
-    def label(self) -> str:
-        """The varied `key=value` pairs, as given."""
-        return " ".join(f"{k}={v}" for k, v in self.assignments) or "base"
-
-    @property
-    def short_label(self) -> str:
-        """The values only (the keys are the same for every variant)."""
-        return ", ".join(v for _, v in self.assignments) or "base"
-
-    @property
-    def overrides(self) -> list[str]:
-        return [f"{k}={v}" for k, v in self.assignments]
-
-    def values(self) -> dict[str, Any]:
-        """The varied keys with their values parsed as YAML."""
-        return {k: yaml.safe_load(v) for k, v in self.assignments}
-
-
-def expand(axes: Sequence[VaryAxis]) -> list[Variant]:
-    """The cartesian product of the axes (first axis outermost), in order."""
-    seen: set[str] = set()
-    for axis in axes:
-        for key in axis.keys:
-            if key in seen:
-                raise LlmsimError(f"{key} is varied twice", key="--vary")
-            seen.add(key)
-    out = []
-    for i, combo in enumerate(itertools.product(*(axis.points for axis in axes)), start=1):
-        pairs = tuple(
-            (key, value)
-            for axis, point in zip(axes, combo, strict=True)
-            for key, value in zip(axis.keys, point, strict=True)
-        )
-        out.append(Variant(i, pairs))
-    return out
-
-
-def parse_window(text: str, where: str = "--window") -> tuple[float, float]:
-    """`START:END` in seconds of simulated time."""
-    parts = text.split(":")
-    try:
-        if len(parts) != 2:
-            raise ValueError
-        start, end = float(parts[0]), float(parts[1])
-    except ValueError:
-        raise LlmsimError(f"expected START:END in seconds (got {text!r})", key=where) from None
-    if not 0 <= start < end:
-        raise LlmsimError(f"expected 0 <= START < END (got {text!r})", key=where)
-    return start, end
 
 
 # ------------------------------------------------------------------------ running
@@ -219,7 +65,7 @@ class VariantResult:
     """What one variant gave: its summary, or the one-line error that stopped it."""
 
     variant: Variant
-    summary: dict[str, Any] | None = None
+    summary: Summary | None = None
     error: str | None = None
     gantt: pd.DataFrame | None = None  # the Gantt window's executions
     window_s: tuple[float, float] | None = None
@@ -232,14 +78,18 @@ class VariantResult:
     def ok(self) -> bool:
         return self.error is None
 
+    def metric(self, name: str) -> Any:
+        """One figure of the summary by dotted name (None when the variant failed)."""
+        return self.summary.metric(name) if self.summary is not None else None
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "index": self.variant.index,
             "label": self.variant.label,
             "overrides": self.variant.values(),
         }
-        if self.ok:
-            out["summary"] = self.summary
+        if self.ok and self.summary is not None:
+            out["summary"] = json_safe(self.summary.to_dict())
             if self.window_s is not None:
                 out["gantt_window_s"] = list(self.window_s)
             if self.trace:
@@ -260,10 +110,6 @@ class _Task:
 
 def run_variant(task: _Task) -> VariantResult:
     """Load and simulate one variant (a module-level function: it runs in a worker)."""
-    from sim.plan import load_scenario
-    from sim.results.report import json_safe
-    from sim.results.run import simulate
-
     result = VariantResult(task.variant)
     try:
         scenario = load_scenario(task.source, [*task.variant.overrides, *task.sets])
@@ -271,7 +117,7 @@ def run_variant(task: _Task) -> VariantResult:
     except LlmsimError as exc:
         result.error = exc.line()
         return result
-    result.summary = json_safe(results.summary)
+    result.summary = results.summary
     result.wall_s = results.wall_s
     result.replicas = scenario.parallel.replicas
     rows = gantt_replica(results.stages)
@@ -281,43 +127,10 @@ def run_variant(task: _Task) -> VariantResult:
         result.window_s = window
         result.gantt = window_rows(rows, window)
     if task.trace_dir is not None:
-        from sim.results.trace import write_trace
-
         path = Path(task.trace_dir) / f"trace-{task.variant.index}.json"
         write_trace(results, path)
         result.trace = str(path)
     return result
-
-
-def default_jobs(n_variants: int) -> int:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(cpus or 1, n_variants))
-
-
-def check_jobs(jobs: int | None, key: str = "--jobs") -> None:
-    """A worker count is positive (None: the default); errors name `key`."""
-    if jobs is not None and jobs < 1:
-        raise LlmsimError(f"expected a positive number (got {jobs})", key=key)
-
-
-def run_parallel(
-    fn: Callable[[T], R], items: Sequence[T], jobs: int, *, cancel: bool = False
-) -> Generator[tuple[int, R], None, None]:
-    """`(index, fn(item))` as each call finishes: in this process, in order, when `jobs`
-    is 1 or there is one item, else in a pool of min(jobs, items) processes (`fn` at
-    module level). Left early (an error, an interrupt, closed), the pool waits for the
-    calls running; `cancel` drops those not yet started instead of running them."""
-    if jobs == 1 or len(items) <= 1:
-        for i, item in enumerate(items):
-            yield i, fn(item)
-        return
-    pool = ProcessPoolExecutor(max_workers=min(jobs, len(items)))
-    try:
-        futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
-        for future in as_completed(futures):
-            yield futures[future], future.result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=cancel)
 
 
 def run_variants(
@@ -338,10 +151,10 @@ def run_variants(
     if tdir is not None:
         Path(tdir).mkdir(parents=True, exist_ok=True)
     tasks = [_Task(src, v, tuple(sets), window_s, tdir) for v in variants]
-    workers = default_jobs(len(tasks)) if jobs is None else jobs
+    workers = min(default_jobs(len(tasks)) if jobs is None else jobs, max(len(tasks), 1))
     results: list[VariantResult | None] = [None] * len(tasks)
-    with closing(run_parallel(run_variant, tasks, workers)) as finished:
-        for i, done in finished:
+    with Pool(workers) as pool:
+        for i, done in pool.as_completed(run_variant, tasks):
             results[i] = done
             if on_done:
                 on_done(done)
@@ -350,39 +163,24 @@ def run_variants(
 
 # ------------------------------------------------------------------------ reporting
 
+# The summary figures compare.csv holds, by column name: a dotted summary metric, or a
+# function of the summary.
+CSV_COLUMNS: dict[str, str | Callable[[Summary], Any]] = {
+    "throughput_rps": "throughput_rps",
+    "output_tokens_per_s": "output_tokens_per_s",
+    "ttft_p50_s": "ttft_s.p50",
+    "ttft_p99_s": "ttft_s.p99",
+    "tpot_p50_s": "tpot_s.p50",
+    "tpot_p99_s": "tpot_s.p99",
+    "bubble_fraction": "bubble_fraction",
+    "stage_utilization": lambda s: "/".join(f"{u:.4f}" for u in s.stage_utilization),
+    "link_utilization_max": "link_utilization_max",
+    "memory_gb_per_device_peak": lambda s: s.memory_bytes_per_device_peak / 1e9,
+}
 
-@dataclass(frozen=True)
-class Column:
-    name: str  # CSV header
-    get: Callable[[dict[str, Any]], Any]
 
-
-def _latency(metric: str, q: str) -> Callable[[dict[str, Any]], Any]:
-    return lambda s: (s.get(metric) or {}).get(q)
-
-
-CSV_COLUMNS = (
-    Column("throughput_rps", lambda s: s.get("throughput_rps")),
-    Column("output_tokens_per_s", lambda s: s.get("output_tokens_per_s")),
-    Column("ttft_p50_s", _latency("ttft_s", "p50")),
-    Column("ttft_p99_s", _latency("ttft_s", "p99")),
-    Column("tpot_p50_s", _latency("tpot_s", "p50")),
-    Column("tpot_p99_s", _latency("tpot_s", "p99")),
-    Column("bubble_fraction", lambda s: s.get("bubble_fraction")),
-    Column(
-        "stage_utilization",
-        lambda s: "/".join(f"{u:.4f}" for u in s.get("stage_utilization") or []),
-    ),
-    Column("link_utilization_max", lambda s: s.get("link_utilization_max")),
-    Column(
-        "memory_gb_per_device_peak",
-        lambda s: (
-            None
-            if s.get("memory_bytes_per_device_peak") is None
-            else s["memory_bytes_per_device_peak"] / 1e9
-        ),
-    ),
-)
+def _column(s: Summary, get: str | Callable[[Summary], Any]) -> Any:
+    return s.metric(get) if isinstance(get, str) else get(s)
 
 
 def _stage_util(values: Sequence[float] | None) -> str:
@@ -394,54 +192,44 @@ def _stage_util(values: Sequence[float] | None) -> str:
     return "/".join(str(p) for p in pcts) + "%"
 
 
+TABLE_HEADER = (
+    "#",
+    "variant",
+    "req/s",
+    "out tok/s",
+    "TTFT ms p50/p99",
+    "TPOT ms p50/p99",
+    "bubble",
+    "stage util",
+    "link max",
+    "mem GB",
+)
+
+
 def table(results: Sequence[VariantResult]) -> str:
     """One row per variant: throughput, latency percentiles, pipeline and memory use."""
-    header = (
-        "#",
-        "variant",
-        "req/s",
-        "out tok/s",
-        "TTFT ms p50/p99",
-        "TPOT ms p50/p99",
-        "bubble",
-        "stage util",
-        "link max",
-        "mem GB",
-    )
     rows: list[tuple[str, ...]] = []
     for r in results:
-        s = r.summary or {}
-        if not r.ok:
+        s = r.summary
+        if not r.ok or s is None:
             rows.append((str(r.variant.index), r.variant.label, f"FAILED: {r.error}"))
             continue
-        ttft, tpot = s.get("ttft_s") or {}, s.get("tpot_s") or {}
+        ttft, tpot = s.ttft_s, s.tpot_s
         rows.append(
             (
                 str(r.variant.index),
                 r.variant.label,
-                fmt_num(s.get("throughput_rps"), ",.3f"),
-                fmt_num(s.get("output_tokens_per_s"), ",.1f"),
-                f"{fmt_num(ttft.get('p50'), ',.1f', 1e3)}/{fmt_num(ttft.get('p99'), ',.1f', 1e3)}",
-                f"{fmt_num(tpot.get('p50'), ',.1f', 1e3)}/{fmt_num(tpot.get('p99'), ',.1f', 1e3)}",
-                fmt_num(s.get("bubble_fraction"), ".1%"),
-                _stage_util(s.get("stage_utilization")),
-                fmt_num(s.get("link_utilization_max"), ".1%"),
-                fmt_num(s.get("memory_bytes_per_device_peak"), ",.1f", 1e-9),
+                fmt_num(s.throughput_rps, ",.3f"),
+                fmt_num(s.output_tokens_per_s, ",.1f"),
+                f"{fmt_num(ttft.p50, ',.1f', 1e3)}/{fmt_num(ttft.p99, ',.1f', 1e3)}",
+                f"{fmt_num(tpot.p50, ',.1f', 1e3)}/{fmt_num(tpot.p99, ',.1f', 1e3)}",
+                fmt_num(s.bubble_fraction, ".1%"),
+                _stage_util(s.stage_utilization),
+                fmt_num(s.link_utilization_max, ".1%"),
+                fmt_num(s.memory_bytes_per_device_peak, ",.1f", 1e-9),
             )
         )
-    full = [r for r in rows if len(r) == len(header)]
-    widths = [max(len(row[i]) for row in [header, *full]) for i in range(len(header))]
-    widths[:2] = [max(len(row[i]) for row in [header, *rows]) for i in range(2)]
-
-    def fmt(row: tuple[str, ...]) -> str:
-        cells = [row[0].rjust(widths[0]), row[1].ljust(widths[1])]
-        if len(row) == len(header):
-            cells += [c.rjust(w) for c, w in zip(row[2:], widths[2:], strict=True)]
-        else:
-            cells += list(row[2:])
-        return "  ".join(cells).rstrip()
-
-    return "\n".join(fmt(row) for row in [header, *rows])
+    return "\n".join(aligned(TABLE_HEADER, rows, left=(1,)))
 
 
 def to_json(
@@ -462,10 +250,10 @@ def to_json(
 def write_csv(results: Sequence[VariantResult], path: Path) -> None:
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["index", "label", *(c.name for c in CSV_COLUMNS), "error"])
+        w.writerow(["index", "label", *CSV_COLUMNS, "error"])
         for r in results:
-            s = r.summary or {}
-            cells = [c.get(s) if r.ok else None for c in CSV_COLUMNS]
+            s = r.summary
+            cells = [_column(s, get) if r.ok and s else None for get in CSV_COLUMNS.values()]
             w.writerow(
                 [
                     r.variant.index,
@@ -492,8 +280,6 @@ def write_outputs(
     title: str = "",
 ) -> Written:
     """compare.json, compare.csv, gantt.png and metrics.png under `out_dir`."""
-    from sim.results import plots
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = Written(out)
@@ -516,10 +302,10 @@ def write_outputs(
     ]
     written.files.append(plots.gantt(panels, out / "gantt.png", title=title))
     metrics = {
-        "throughput (req/s)": [_get(r, "throughput_rps") for r in results],
-        "TTFT p99 (ms)": [_scaled(_get(r, "ttft_s", "p99"), 1e3) for r in results],
-        "TPOT p99 (ms)": [_scaled(_get(r, "tpot_s", "p99"), 1e3) for r in results],
-        "bubble fraction (%)": [_scaled(_get(r, "bubble_fraction"), 100) for r in results],
+        "throughput (req/s)": [_scaled(r.metric("throughput_rps"), 1) for r in results],
+        "TTFT p99 (ms)": [_scaled(r.metric("ttft_s.p99"), 1e3) for r in results],
+        "TPOT p99 (ms)": [_scaled(r.metric("tpot_s.p99"), 1e3) for r in results],
+        "bubble fraction (%)": [_scaled(r.metric("bubble_fraction"), 100) for r in results],
     }
     labels = [f"#{r.variant.index} {r.variant.short_label}" for r in results]
     keys = ", ".join(k for k, _ in results[0].variant.assignments) if results else ""
@@ -529,14 +315,5 @@ def write_outputs(
     return written
 
 
-def _get(r: VariantResult, key: str, sub: str | None = None) -> float | None:
-    if not r.ok or r.summary is None:
-        return None
-    v = r.summary.get(key)
-    if sub is not None:
-        v = (v or {}).get(sub)
-    return None if v is None else float(v)
-
-
 def _scaled(v: float | None, k: float) -> float | None:
-    return None if v is None else v * k
+    return None if v is None else float(v) * k

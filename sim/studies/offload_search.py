@@ -535,7 +535,7 @@ def simulate_policy(scenario: Scenario, policy: Policy) -> float:
     from sim.results.run import simulate
 
     results = simulate(policy_scenario(scenario, policy), records=False)
-    return float(results.summary["sim_time_s"])
+    return float(results.summary.sim_time_s)
 
 
 def offload_snippet(policy: Policy) -> str:

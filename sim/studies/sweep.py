@@ -49,34 +49,29 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import sqlite3
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import pandas as pd
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from sim.errors import LlmsimError, pydantic_error
+from sim.plan import load_scenario
+from sim.progress import Progress
+from sim.results.run import simulate
+from sim.spec import catalog
 from sim.spec.base import Spec
-from sim.studies.compare import (
-    VaryAxis,
-    check_jobs,
-    default_jobs,
-    expand,
-    run_parallel,
-    split_top_level,
-)
+from sim.spec.scenario import Scenario
+from sim.studies.capacity import capacity
+from sim.studies.pool import Pool, check_jobs, default_jobs
+from sim.studies.probes import CURVE_METRICS
+from sim.studies.store import ResultsTable
+from sim.studies.variants import VaryAxis, expand, split_top_level
 
-if TYPE_CHECKING:
-    from sim.spec.scenario import Scenario
-
-TABLE = "tasks"
 EXECUTORS = ("local", "ray")
 Pairs = tuple[tuple[str, Any], ...]  # (key, value) overrides, in the order applied
 
@@ -280,8 +275,6 @@ def expand_tasks(spec: SweepSpec, scenario_path: str = "") -> tuple[SweepTask, .
 
 def load_sweep(path: str | Path, output: str | Path | None = None) -> Sweep:
     """Read and validate a sweep file; `output` replaces its table path."""
-    from sim.spec import catalog
-
     file = Path(path)
     if not file.exists():
         raise LlmsimError("file not found", file=str(path))
@@ -303,91 +296,12 @@ def load_sweep(path: str | Path, output: str | Path | None = None) -> Sweep:
     return Sweep(spec, table, tasks)
 
 
-# ------------------------------------------------------------------------- table
-
-COLUMNS: tuple[tuple[str, str], ...] = (
-    ("task_id", "TEXT PRIMARY KEY"),
-    ("seq", "INTEGER"),
-    ("sweep", "TEXT"),
-    ("task", "TEXT"),
-    ("label", "TEXT"),
-    ("overrides", "TEXT"),
-    ("status", "TEXT"),
-    ("error", "TEXT"),
-    ("note", "TEXT"),
-    ("throughput_rps", "REAL"),
-    ("goodput_rps", "REAL"),
-    ("attainment", "REAL"),
-    ("output_tokens_per_s", "REAL"),
-    ("ttft_p50_s", "REAL"),
-    ("ttft_p99_s", "REAL"),
-    ("tpot_p50_s", "REAL"),
-    ("tpot_p99_s", "REAL"),
-    ("capacity_rps", "REAL"),
-    ("capacity_lo_rps", "REAL"),
-    ("capacity_hi_rps", "REAL"),
-    ("capacity_converged", "INTEGER"),
-    ("devices", "INTEGER"),
-    ("usd_per_hour", "REAL"),
-    ("usd_per_million_output_tokens", "REAL"),
-    ("scenario_yaml", "TEXT"),
-    ("wall_s", "REAL"),
-)
-NAMES = tuple(name for name, _ in COLUMNS)
-
-
-class ResultsTable:
-    """The sweep's SQLite table: one row per task, each committed when written."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.conn = sqlite3.connect(str(path))
-            self.conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {TABLE} ({', '.join(f'{n} {t}' for n, t in COLUMNS)})"
-            )
-            self.conn.commit()
-            have = tuple(r[1] for r in self.conn.execute(f"PRAGMA table_info({TABLE})"))
-        except (OSError, sqlite3.Error) as exc:
-            raise LlmsimError(f"cannot open the results table: {exc}", file=str(path)) from None
-        if have != NAMES:
-            self.conn.close()
-            raise LlmsimError(
-                f"table {TABLE} has other columns than this llmsim writes; give another "
-                "output path",
-                file=str(path),
-            )
-
-    def done_ids(self, ok_only: bool = False) -> set[str]:
-        where = " WHERE status = 'ok'" if ok_only else ""
-        return {r[0] for r in self.conn.execute(f"SELECT task_id FROM {TABLE}{where}")}
-
-    def write(self, row: dict[str, Any]) -> None:
-        values = [row.get(name) for name in NAMES]
-        marks = ", ".join("?" for _ in NAMES)
-        self.conn.execute(f"INSERT OR REPLACE INTO {TABLE} VALUES ({marks})", values)
-        self.conn.commit()
-
-    def frame(self, ids: Sequence[str] | None = None) -> pd.DataFrame:
-        """The rows (of `ids` only, when given), in sweep order."""
-        frame = pd.read_sql_query(f"SELECT * FROM {TABLE} ORDER BY seq, task_id", self.conn)
-        if ids is not None:
-            frame = frame[frame["task_id"].isin(set(ids))].reset_index(drop=True)
-        return frame
-
-    def close(self) -> None:
-        self.conn.close()
-
-
 # ------------------------------------------------------------------------- tasks
 
 
 def run_task(task: SweepTask) -> dict[str, Any]:
     """Run one task and return its row (module level: it runs in a worker). Bad input
     becomes an error row with its one line; so does an unexpected exception, named."""
-    from sim.plan import load_scenario
-
     wall0 = time.perf_counter()
     row: dict[str, Any] = {
         "task_id": task.task_id,
@@ -414,28 +328,23 @@ def run_task(task: SweepTask) -> dict[str, Any]:
 
 
 def _run_metrics(scenario: Scenario) -> dict[str, Any]:
-    from sim.results.run import simulate
-
     s = simulate(scenario, records=False).summary
-    slo, cost = s.get("slo") or {}, s.get("cost") or {}
     return {
-        "throughput_rps": s.get("throughput_rps"),
-        "goodput_rps": slo.get("goodput_rps"),
-        "attainment": slo.get("attainment"),
-        "output_tokens_per_s": s.get("output_tokens_per_s"),
-        "ttft_p50_s": s["ttft_s"]["p50"],
-        "ttft_p99_s": s["ttft_s"]["p99"],
-        "tpot_p50_s": s["tpot_s"]["p50"],
-        "tpot_p99_s": s["tpot_s"]["p99"],
-        "devices": cost.get("devices"),
-        "usd_per_hour": cost.get("usd_per_hour"),
-        "usd_per_million_output_tokens": cost.get("usd_per_million_output_tokens"),
+        "throughput_rps": s.throughput_rps,
+        "goodput_rps": s.slo.goodput_rps,
+        "attainment": s.slo.attainment,
+        "output_tokens_per_s": s.output_tokens_per_s,
+        "ttft_p50_s": s.ttft_s.p50,
+        "ttft_p99_s": s.ttft_s.p99,
+        "tpot_p50_s": s.tpot_s.p50,
+        "tpot_p99_s": s.tpot_s.p99,
+        "devices": s.cost.devices,
+        "usd_per_hour": s.cost.usd_per_hour,
+        "usd_per_million_output_tokens": s.cost.usd_per_million_output_tokens,
     }
 
 
 def _capacity_metrics(scenario: Scenario, options: dict[str, Any]) -> dict[str, Any]:
-    from sim.studies.capacity import CURVE_METRICS, capacity
-
     r = capacity(scenario, jobs=1, loads=(), **options)
     at = r.at_capacity
     metrics: dict[str, Any] = {
@@ -460,10 +369,10 @@ def _capacity_metrics(scenario: Scenario, options: dict[str, Any]) -> dict[str, 
 
 
 def _local(tasks: Sequence[SweepTask], jobs: int) -> Iterator[dict[str, Any]]:
-    """Rows as tasks finish: in this process (jobs=1) or a pool of `jobs` processes;
-    stopped early, the tasks not yet started are cancelled."""
-    with closing(run_parallel(run_task, tasks, jobs, cancel=True)) as finished:
-        for _, row in finished:
+    """Rows as tasks finish: in this process (jobs=1) or the study pool of `jobs`
+    processes; stopped early, the tasks not yet started are cancelled."""
+    with Pool(min(jobs, max(len(tasks), 1))) as pool:
+        for _, row in pool.as_completed(run_task, tasks):
             yield row
 
 
@@ -558,95 +467,21 @@ def run_sweep(
             rows = _ray(todo, jobs, address)
         else:
             rows = _local(todo, jobs or default_jobs(len(todo)))
-        bar = _bar(len(todo), progress, sweep.spec.name)
+        bar = Progress(len(todo), sweep.spec.name, "task", progress)
         ran = 0
         try:
             for row in rows:
                 table.write(row)
                 ran += 1
-                if bar is not None:
-                    bar.update(1)
+                bar.advance()
                 if on_row is not None:
                     on_row(row)
         finally:
             close = getattr(rows, "close", None)
             if close is not None:
                 close()
-            if bar is not None:
-                bar.close()
+            bar.close()
         frame = table.frame([t.task_id for t in sweep.tasks])
     finally:
         table.close()
     return SweepOutcome(frame, ran, skipped, len(pending) - len(todo))
-
-
-def _bar(total: int, enabled: bool | None, name: str) -> Any:
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled or total == 0:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="task", desc=name, leave=False, file=sys.stderr)
-
-
-# ------------------------------------------------------------------------ pareto
-
-
-def ranked(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """ok rows by `metric`, highest first (missing last), then the error rows."""
-    ok = rows[rows["status"] == "ok"].sort_values(
-        [metric, "seq"], ascending=[False, True], na_position="last", kind="stable"
-    )
-    return pd.concat([ok, rows[rows["status"] != "ok"]], ignore_index=True)
-
-
-def pareto_front(
-    rows: pd.DataFrame,
-    metric: str,
-    cost: str = "usd_per_million_output_tokens",
-    max_cost: float | None = None,
-) -> pd.DataFrame:
-    """The ok rows no other row beats on both counts: none has a higher (or equal)
-    `metric` at a lower (or equal) `cost`, one of them strictly. Rows without either
-    value, or with a cost above `max_cost`, are left out. Sorted by cost."""
-    ok = rows[(rows["status"] == "ok") & rows[metric].notna() & rows[cost].notna()]
-    if max_cost is not None:
-        ok = ok[ok[cost] <= max_cost]
-    ok = ok.sort_values([cost, metric, "seq"], ascending=[True, False, True], kind="stable")
-    front, best = [], float("-inf")
-    for idx, row in ok.iterrows():
-        if row[metric] > best:
-            front.append(idx)
-            best = row[metric]
-    return ok.loc[front].reset_index(drop=True)
-
-
-def pareto_path(table: Path) -> Path:
-    """Where the Pareto front is written: `<table stem>.pareto.csv` beside the table."""
-    return table.with_name(f"{table.stem}.pareto.csv")
-
-
-REPORT_COLUMNS = (
-    "task_id",
-    "label",
-    "capacity_rps",
-    "capacity_lo_rps",
-    "capacity_hi_rps",
-    "goodput_rps",
-    "throughput_rps",
-    "attainment",
-    "ttft_p99_s",
-    "tpot_p99_s",
-    "devices",
-    "usd_per_hour",
-    "usd_per_million_output_tokens",
-)
-
-
-def write_pareto(front: pd.DataFrame, path: Path) -> Path:
-    try:
-        front.loc[:, list(REPORT_COLUMNS)].to_csv(path, index=False)
-    except OSError as exc:
-        raise LlmsimError(f"cannot write: {exc.strerror}", file=str(path)) from None
-    return path
