@@ -6,7 +6,8 @@ exception instead of a traceback into pydantic or yaml internals.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import difflib
+from collections.abc import Iterable
 
 
 class LlmsimError(Exception):
@@ -30,49 +31,31 @@ class LlmsimError(Exception):
         return LlmsimError(self.message, file=file or self.file, key=key)
 
 
+MAX_LISTED = 12  # past this many valid names, an error lists the closest ones only
+
+
+def closest(name: str, valid: Iterable[str], n: int = 3) -> list[str]:
+    """The valid names most like `name` (case-insensitive), best first."""
+    names = list(valid)
+    by_lower = {v.lower(): v for v in names}
+    found = difflib.get_close_matches(str(name).lower(), list(by_lower), n=n, cutoff=0.6)
+    return [by_lower[f] for f in found]
+
+
+def valid_names(name: str, valid: Iterable[str], plural: str) -> str:
+    """The tail of an unknown-name message: the closest valid names first; all of them
+    when there are few, else a count."""
+    names = sorted(valid)
+    near = closest(name, names)
+    hint = f"did you mean {', '.join(near)}? " if near else ""
+    if len(names) <= MAX_LISTED or not near:
+        shown = ", ".join(names[:60]) + (", ..." if len(names) > 60 else "")
+        return f"{hint}valid {plural}: {shown}"
+    return f"{hint}({len(names)} valid {plural}; `llmsim catalog` lists them)"
+
+
 def unknown_name(
     kind: str, name: str, valid: Iterable[str], plural: str | None = None
 ) -> LlmsimError:
-    names = sorted(valid)
-    shown = ", ".join(names[:60]) + (", ..." if len(names) > 60 else "")
-    return LlmsimError(f"unknown {kind} {name!r}; valid {plural or kind + 's'}: {shown}")
-
-
-_TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "tuple", "none"}
-
-
-def _union_tag(part: str) -> bool:
-    """Location parts pydantic adds for union members and validators, not YAML keys."""
-    return (
-        part.startswith("function-")
-        or part in _TYPE_TAGS
-        or (part[:1].isupper() and part.isidentifier() and "_" not in part)
-    )
-
-
-def pydantic_error(exc: Exception, file: str | None, prefix: str | None = None) -> LlmsimError:
-    """Turn the first pydantic ValidationError entry into one LlmsimError line."""
-    errors: Sequence[dict] = getattr(exc, "errors", lambda: [])()
-    if not errors:
-        return LlmsimError(str(exc), file=file, key=prefix)
-    # In a union (a name or an inline mapping), the deepest error is the informative one.
-    first = max(errors, key=lambda e: len(e.get("loc", ())))
-    loc = [str(p) for p in first.get("loc", ()) if not _union_tag(str(p))]
-    key = ".".join(loc)
-    if prefix:
-        key = f"{prefix}.{key}" if key else prefix
-    kind = first.get("type", "")
-    msg = first.get("msg", "invalid value")
-    if kind == "extra_forbidden":
-        msg = "unknown key"
-    elif kind == "missing":
-        msg = "required key is missing"
-    elif (
-        "input" in first
-        and not isinstance(first["input"], dict | list)
-        and repr(first["input"]) not in msg
-    ):
-        msg = f"{msg} (got {first['input']!r})"
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, ") :]
-    return LlmsimError(msg, file=file, key=key or None)
+    shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
+    return LlmsimError(f"unknown {kind} {shown}; {valid_names(name, valid, plural or kind + 's')}")

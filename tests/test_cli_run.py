@@ -91,7 +91,11 @@ BAD = [
         {"parallel.pp": 2, "parallel.layers_per_stage": [10, 10]},
         "parallel.layers_per_stage: must be 2 positive counts summing to n_layers=32",
     ),
-    ({"model": "llama-9000"}, "s.yaml: model: unknown model 'llama-9000'; valid models:"),
+    (
+        {"model": "lama-2-7b"},
+        "s.yaml: model: unknown model 'lama-2-7b'; did you mean llama-2-7b, llama-2-70b, llama-7b? "
+        "(39 valid models; `llmsim catalog` lists them)",
+    ),
     ({"cluster": "cray-1"}, "s.yaml: cluster: unknown cluster 'cray-1'"),
     ({"model": "llama-2-70b"}, "s.yaml: parallel: llama-2-70b does not fit: a device needs"),
     ({"precision.weights": "fp7"}, "precision.weights: unknown dtype 'fp7'"),

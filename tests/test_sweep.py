@@ -259,7 +259,10 @@ def one_error_line(capsys) -> str:
 def test_unknown_sweep_key_is_one_line(tmp_path, capsys):
     path = write_sweep(tmp_path, grid=GRID, grdi={"seed": [1]})
     assert main(["sweep", str(path)]) == 2
-    assert one_error_line(capsys).endswith("sweep.yaml: grdi: unknown key")
+    assert one_error_line(capsys).endswith(
+        "sweep.yaml: grdi: unknown key; did you mean grid? valid keys: capacity, description, "
+        "grid, list, name, output, scenario, set, task"
+    )
 
 
 def test_missing_scenario_file_is_one_line(tmp_path, capsys):

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from sim.cli.main import add_overrides
+from sim.cli.options import add_overrides
 from sim.errors import LlmsimError
 from sim.results.table import aligned, fmt_num
 

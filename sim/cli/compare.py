@@ -7,10 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from sim.cli.main import add_overrides
+from sim.cli.options import EXIT_BAD_INPUT, add_overrides
 from sim.errors import LlmsimError
-
-EXIT_BAD_INPUT = 2
 
 
 def setup(sub: argparse._SubParsersAction) -> None:
@@ -124,7 +122,7 @@ def run(ns: argparse.Namespace) -> int:
     except OSError as exc:
         raise LlmsimError(f"cannot write results: {exc.strerror}", file=str(out)) from None
     if ns.json:
-        from sim.cli.main import print_json
+        from sim.cli.options import print_json
 
         print_json(document)
     else:

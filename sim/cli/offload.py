@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from sim.cli.main import add_overrides
+from sim.cli.options import add_overrides
 from sim.errors import LlmsimError
 from sim.results.table import aligned
 
@@ -77,7 +77,7 @@ def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
 
 
 def run(ns: argparse.Namespace) -> int:
-    from sim.cli.main import print_json
+    from sim.cli.options import print_json
     from sim.plan import load_scenario
     from sim.studies.offload_search import search
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sim.cli.main import add_overrides, add_progress, progress_flag
+from sim.cli.options import add_overrides, add_progress, progress_flag
 from sim.errors import LlmsimError
 
 

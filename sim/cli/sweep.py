@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
-from sim.cli.main import add_progress, progress_flag
+from sim.cli.options import add_progress, progress_flag
 from sim.errors import LlmsimError
 from sim.results.table import aligned, fmt_num
 

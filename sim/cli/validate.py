@@ -84,7 +84,7 @@ def table(report: Report) -> str:
 
 
 def run(ns: argparse.Namespace) -> int:
-    from sim.cli.main import print_json
+    from sim.cli.options import print_json
     from sim.fidelity.validate import validate
 
     report = validate(ns.data, only=ns.only)

@@ -14,6 +14,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+
 from sim.arith.memory import (
     activation_workspace_bytes,
     kv_bytes_per_token,
@@ -21,7 +23,16 @@ from sim.arith.memory import (
     layers_per_stage,
     weight_bytes_per_device,
 )
-from sim.arith.ops import Work, check_tp, layer_plan, lm_head_op, op_bytes, op_flops
+from sim.arith.ops import (
+    Work,
+    all_reduce_bytes,
+    check_tp,
+    layer_plan,
+    lm_head_op,
+    op_active,
+    op_bytes,
+    op_flops,
+)
 from sim.arith.params import (
     flops_per_token,
     lm_head_flops_per_token,
@@ -29,11 +40,18 @@ from sim.arith.params import (
     total_params,
 )
 from sim.arith.precision import Precision
+from sim.cost.collectives import CollectiveModel
 from sim.cost.roofline import floor_time
+from sim.cost.topology import build_cluster
 from sim.errors import LlmsimError, unknown_name
+from sim.plan.check import check_scenario
+from sim.plan.kernels import make_kernel
 from sim.spec import catalog
+from sim.spec.catalog import profile_for
 from sim.spec.hardware import ClusterSpec, DeviceSpec
 from sim.spec.model import ModelSpec
+from sim.spec.scenario import read_scenario
+from sim.workload.arrivals import generate
 
 GPU_MEMORY_UTILIZATION = 0.9  # vLLM's default share of device memory it may use
 
@@ -217,12 +235,8 @@ def analyze(
 def analyze_scenario(path: str, **overrides: Any) -> Analysis:
     """`analyze` at a scenario's model, device, parallelism and dtypes; prompt and output
     default to the workload's mean lengths, batch to 1. Keyword overrides win."""
-    import numpy as np
-
-    from sim.plan import load_scenario
-    from sim.workload.arrivals import generate
-
-    s = load_scenario(path)
+    s = read_scenario(path)
+    check_scenario(s)
     arrivals = generate(s.workload, s.seed, s.base_dir)
     prompt = round(float(np.mean(arrivals.prompt_tokens))) if len(arrivals) else 512
     output = round(float(np.mean(arrivals.output_tokens))) if len(arrivals) else 128
@@ -264,11 +278,6 @@ def op_breakdown(
     against `kv_len` cached ones (default 1024); `all_reduce` is one of the layer's
     all-reduces of `tokens` activations over the TP group's links.
     """
-    from sim.arith.ops import all_reduce_bytes, op_active
-    from sim.cost import CollectiveModel
-    from sim.cost.topology import build_cluster
-    from sim.plan.kernels import make_kernel
-
     spec = catalog.load_model(model) if isinstance(model, str) else model
     device = resolve_device(hardware)
     act = activation_dtype or (dtype if dtype in ("bf16", "fp16", "fp32", "fp8") else "bf16")
@@ -295,8 +304,6 @@ def op_breakdown(
     reduce = next((o for o in plan.ops if o.kind == "all_reduce"), None)
     if reduce is not None:
         cluster = _cluster_for(hardware, device, tp)
-        from sim.spec.catalog import profile_for
-
         profile = profile_for(device) if cost != "roofline" else None
         fits = profile.fit.collectives if profile is not None else ()
         collective = CollectiveModel(build_cluster(cluster), tuple(range(tp)), fits)

@@ -22,8 +22,10 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from sim.errors import LlmsimError, pydantic_error, unknown_name
+from sim.errors import LlmsimError, unknown_name
+from sim.spec.base import validation_error
 from sim.spec.hardware import ClusterSpec, DeviceSpec, NodeSpec
+from sim.spec.hf_config import model_from_hf_config
 from sim.spec.model import ModelSpec
 from sim.spec.profile import Profile
 
@@ -132,7 +134,7 @@ def _parse(cls: type[T], data: Any, file: str, prefix: str | None = None) -> T:
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        raise pydantic_error(exc, file, prefix) from None
+        raise validation_error(exc, file, cls, prefix) from None
 
 
 _CACHES: list[Any] = []
@@ -255,8 +257,6 @@ def load_model(name: str) -> ModelSpec:
     if candidate.is_dir() and (candidate / "config.json").is_file():
         candidate = candidate / "config.json"
     if candidate.suffix == ".json" and candidate.is_file():
-        from sim.spec.hf_config import model_from_hf_config
-
         return model_from_hf_config(candidate)
     path = find("model", name)
     return _parse(ModelSpec, read_yaml(path), str(path))

@@ -52,7 +52,8 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from sim.errors import LlmsimError, pydantic_error
+from sim.errors import LlmsimError
+from sim.spec.base import validation_error
 from sim.spec.model import ModelSpec
 
 Activation = Literal["gelu", "relu", "silu"]
@@ -385,6 +386,6 @@ def model_from_hf_config(path: Path) -> ModelSpec:
     try:
         return ModelSpec.model_validate(data)
     except ValidationError as exc:
-        err = pydantic_error(exc, file)
+        err = validation_error(exc, file, ModelSpec)
         key = used.get(err.key or "", err.key)
         raise LlmsimError(err.message, file=file, key=key) from None

@@ -17,10 +17,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, PrivateAttr, ValidationError, field_validator
 
-from sim.errors import LlmsimError, pydantic_error
+from sim.errors import LlmsimError
 from sim.registry import SCHEDULES
 from sim.spec import catalog
-from sim.spec.base import Spec
+from sim.spec.base import Spec, validation_error
 from sim.spec.hardware import ClusterSpec
 from sim.spec.model import ModelSpec
 from sim.spec.offload import OffloadSpec
@@ -303,7 +303,7 @@ def read_scenario(
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:
-        raise pydantic_error(exc, file) from None
+        raise validation_error(exc, file, Scenario) from None
     except LlmsimError as exc:
         raise exc.at(file=file) from None
     scenario._file = file

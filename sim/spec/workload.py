@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
 from sim.errors import LlmsimError
-from sim.spec.base import Seconds, Spec
+from sim.spec.base import Seconds, Spec, validation_error
 from sim.spec.recipes import merge_recipe
 from sim.spec.slo import SLOSpec
 
@@ -397,119 +397,5 @@ def parse_workload(
     try:
         return WorkloadSpec.model_validate(merged)
     except ValidationError as exc:
-        raise _spec_error(exc, file, origin) from None
-
-
-# ------------------------------------------------------------------------------ errors
-
-_TAGS = {"process": PROCESSES, "dist": DISTS}
-_PLURAL = {"process": "processes", "dist": "dists"}
-
-
-def _spec_error(exc: ValidationError, file: str | None, origin: dict[str, Path]) -> LlmsimError:
-    """The first pydantic error as one line: the YAML key path (union tags taken out
-    of it and named in the message instead) and a plain message."""
-    err = exc.errors()[0]
-    loc = [p for p in err["loc"] if not str(p).startswith("function-")]
-    kind, ctx, got = err["type"], err.get("ctx", {}), err.get("input")
-    path: list[Any] = []
-    variant = ""
-    for part in loc:
-        if path and path[-1] in ("arrival", "prompt", "output") and part in PROCESSES + DISTS:
-            variant = f" ({'process' if part in PROCESSES else 'dist'}: {part})"
-            continue
-        path.append(part)
-    msg = err["msg"].removeprefix("Value error, ")
-    if kind == "llmsim_key":
-        path += ctx["key"].split(".")
-        msg = ctx["message"]
-    elif kind in ("union_tag_invalid", "union_tag_not_found"):
-        tag = ctx["discriminator"].strip("'")
-        path.append(tag)
-        valid = ", ".join(_TAGS[tag])
-        if kind == "union_tag_invalid":
-            msg = f"unknown {tag} {ctx['tag']!r}; valid {_PLURAL[tag]}: {valid}"
-        else:
-            msg = f"required key is missing; valid {_PLURAL[tag]}: {valid}"
-    elif kind == "extra_forbidden":
-        valid_keys = _keys_at(list(err["loc"])[:-1])
-        msg = "unknown key" + (f"; valid keys: {', '.join(valid_keys)}" if valid_keys else "")
-    elif kind == "missing":
-        msg = "required key is missing"
-    elif kind in ("greater_than", "greater_than_equal", "less_than_equal", "less_than"):
-        op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<"}.get(kind, "<=")
-        bound = next(iter(ctx.values()))
-        msg = f"must be {op} {_num(bound)}, got {got!r}"
-    elif kind in ("model_type", "model_attributes_type", "dict_type"):
-        msg = f"expected a mapping, got {got!r}"
-    elif kind in ("int_parsing", "int_type", "int_from_float"):
-        msg = f"expected an integer, got {got!r}"
-    elif kind in ("float_parsing", "float_type", "finite_number"):
-        msg = f"expected a finite number, got {got!r}"
-    elif kind == "value_error":
-        pass  # the unit parsers' messages already show the value
-    elif "input" in err:
-        msg = f"{msg} (got {got!r})"
-    key = ".".join(str(p) for p in [PREFIX, *path])
-    source = origin.get(str(path[0])) if path else None
-    return LlmsimError(msg + variant, file=str(source) if source else file, key=key)
-
-
-def _num(value: Any) -> str:
-    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
-
-
-def _keys_at(loc: list[Any]) -> list[str]:
-    """The keys valid at a pydantic `loc` (for "unknown key" messages)."""
-    model: Any = WorkloadSpec
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        if model in _TAGGED_UNIONS:
-            model = _TAGGED_UNIONS[model].get(part)
-            continue
-        field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            return []
-        model = _model_of(field.annotation)
-    fields = getattr(model, "model_fields", None)
-    if not fields:
-        return []
-    return sorted((f.alias or name) for name, f in fields.items())
-
-
-def _model_of(annotation: Any) -> Any:
-    """The model (or tagged-union name) inside Optional / tuple / Annotated."""
-    models = _models_in(annotation)
-    if len(models) == 1:
-        return models[0]
-    for union, variants in _TAGGED_UNIONS.items():
-        if set(variants.values()) == set(models):
-            return union
-    return None
-
-
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    return [m for arg in get_args(annotation) for m in _models_in(arg)]
-
-
-def _tagged(field: str, *models: type[BaseModel]) -> dict[str, type[BaseModel]]:
-    return {get_args(m.model_fields[field].annotation)[0]: m for m in models}
-
-
-_TAGGED_UNIONS: dict[str, dict[str, type[BaseModel]]] = {
-    "arrival": _tagged(
-        "process", PoissonArrivals, GammaArrivals, ConstantArrivals, OnOffArrivals, BurstArrivals
-    ),
-    "length": _tagged(
-        "dist",
-        FixedLength,
-        UniformLength,
-        NormalLength,
-        LognormalLength,
-        ZipfLength,
-        EmpiricalLength,
-    ),
-}
+        sources = {k: str(v) for k, v in origin.items()}
+        raise validation_error(exc, file, WorkloadSpec, PREFIX, sources) from None

@@ -47,10 +47,13 @@ from sim.arith.precision import Precision
 from sim.cost.offload import VARIABLES, Linear, StepModel, StepPricer, tier_bytes
 from sim.cost.topology import build_cluster
 from sim.errors import LlmsimError
+from sim.plan import load_scenario
 from sim.plan.kernels import make_kernel
 from sim.plan.offload import offload_machine
+from sim.results.run import simulate
 from sim.spec.offload import TENSORS, TIERS, OffloadSpec
 from sim.spec.scenario import Scenario
+from sim.workload.arrivals import generate
 
 OBJECTIVES = ("throughput", "latency")
 # Capacities the LP may fill, as a share of each tier: a hair under 1 so that the
@@ -364,8 +367,6 @@ def _powers(limit: int) -> tuple[int, ...]:
 
 def workload_lengths(scenario: Scenario) -> tuple[int, int]:
     """The longest prompt and output of the scenario's requests (a block pads to them)."""
-    from sim.workload.arrivals import generate
-
     try:
         arrivals = generate(scenario.workload, scenario.seed, scenario.base_dir)
     except LlmsimError as exc:
@@ -495,8 +496,6 @@ def _shortfall(
 def policy_scenario(scenario: Scenario, policy: Policy) -> Scenario:
     """`scenario` running `policy`: its `offload:`, a static batch of one block, and one
     block of requests (the policy's prompt and output) arriving at once."""
-    from sim.plan import load_scenario
-
     data = scenario.resolved_dict()
     for key in ("compare", "offload"):
         data.pop(key, None)
@@ -532,8 +531,6 @@ def policy_scenario(scenario: Scenario, policy: Policy) -> Scenario:
 
 def simulate_policy(scenario: Scenario, policy: Policy) -> float:
     """Simulated seconds for one block of `policy` (burst at t = 0 to the last token)."""
-    from sim.results.run import simulate
-
     results = simulate(policy_scenario(scenario, policy), records=False)
     return float(results.summary.sim_time_s)
 

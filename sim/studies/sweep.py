@@ -59,12 +59,12 @@ import pandas as pd
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 
-from sim.errors import LlmsimError, pydantic_error
+from sim.errors import LlmsimError
 from sim.plan import load_scenario
 from sim.progress import Progress
 from sim.results.run import simulate
 from sim.spec import catalog
-from sim.spec.base import Spec
+from sim.spec.base import Spec, validation_error
 from sim.spec.scenario import Scenario
 from sim.studies.capacity import capacity
 from sim.studies.pool import Pool, check_jobs, default_jobs
@@ -284,7 +284,7 @@ def load_sweep(path: str | Path, output: str | Path | None = None) -> Sweep:
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as exc:
-        raise pydantic_error(exc, str(path)) from None
+        raise validation_error(exc, str(path), SweepSpec) from None
     scenario = (file.resolve().parent / spec.scenario).resolve()
     if not scenario.is_file():
         raise LlmsimError(f"file not found: {scenario}", file=str(path), key="scenario")
