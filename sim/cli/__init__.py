@@ -1,1 +1,2 @@
-"""TODO"""
+"""The command line: `llmsim COMMAND`, one module per command (sim.cli.main builds the
+parser)."""

@@ -12,7 +12,8 @@ from sim.errors import LlmsimError
 from sim.results.table import aligned
 
 if TYPE_CHECKING:
-    from sim.studies.offload_search import Policy, SearchResult
+    from sim.studies.offload_lp import Policy
+    from sim.studies.offload_search import SearchResult
 
 
 def setup(sub: argparse._SubParsersAction) -> None:
@@ -57,6 +58,13 @@ def setup(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-simulate", action="store_true", help="skip the simulator check of each policy"
     )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="simulate the best policies in N worker processes (default 1: in this process)",
+    )
     add_overrides(p, "override any key, e.g. --set workload.prompt.value=1024 (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
@@ -95,6 +103,7 @@ def run(ns: argparse.Namespace) -> int:
         max_block=ns.max_block,
         representative=ns.representative,
         simulate=not ns.no_simulate,
+        jobs=ns.jobs,
     )
     if ns.json:
         document: dict[str, Any] = {
