@@ -16,7 +16,8 @@ import yaml
 from sim.cli.main import main
 from sim.errors import LlmsimError
 from sim.studies.store import ResultsTable, pareto_front, pareto_path
-from sim.studies.sweep import SweepSpec, expand_tasks, load_sweep, run_sweep
+from sim.studies.sweep import run_sweep
+from sim.studies.sweep_tasks import SweepSpec, expand_tasks, load_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = yaml.safe_load((ROOT / "scenarios" / "quickstart.yaml").read_text())

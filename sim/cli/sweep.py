@@ -44,7 +44,8 @@ def setup(sub: argparse._SubParsersAction) -> None:
 
 def run(ns: argparse.Namespace) -> int:
     from sim.studies.store import pareto_front, pareto_path, ranked, write_pareto
-    from sim.studies.sweep import load_sweep, run_sweep
+    from sim.studies.sweep import run_sweep
+    from sim.studies.sweep_tasks import load_sweep
 
     if ns.max_cost is not None and not ns.max_cost > 0:
         raise LlmsimError(f"expected a positive number (got {ns.max_cost})", key="--max-cost")
