@@ -90,7 +90,7 @@ def sigma_from_cv(cv: float) -> float:
 
 def truncated_mean(mu: float, sigma: float, lo: float, hi: float) -> float:
     """Mean of exp(N(mu, sigma²)) conditioned on [lo, hi] (continuous approximation of
-    the rounded draws in sim/workload.py, which use [min - 0.5, max + 0.5])."""
+    the rounded draws in sim/workload/lengths.py, which use [min - 0.5, max + 0.5])."""
     a, b = (math.log(lo) - mu) / sigma, (math.log(hi) - mu) / sigma
     mass = special.ndtr(b) - special.ndtr(a)
     return math.exp(mu + sigma**2 / 2) * (special.ndtr(b - sigma) - special.ndtr(a - sigma)) / mass
