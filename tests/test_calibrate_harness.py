@@ -233,7 +233,7 @@ def test_missing_torch_says_how_to_install(tmp_path, monkeypatch):
 def test_measure_orders_percentiles_and_counts_calls():
     import torch
 
-    from sim.calibrate.harness import measure
+    from sim.calibrate.timing import measure
 
     calls = []
     median, p10, p90 = measure(
@@ -245,7 +245,7 @@ def test_measure_orders_percentiles_and_counts_calls():
 
 @needs_torch
 def test_parse_device():
-    from sim.calibrate.harness import parse_device
+    from sim.calibrate.grids import parse_device
     from sim.errors import LlmsimError
 
     assert parse_device("cpu") == ("cpu", None)
@@ -258,7 +258,7 @@ def test_parse_device():
 
 @needs_torch
 def test_measured_device_spec_is_the_best_seen(quick):
-    from sim.calibrate.harness import measured_device_spec
+    from sim.calibrate.environment import measured_device_spec
 
     m = quick[0].measurements
     spec = measured_device_spec("cpu-calibrated", "cpu", m, "fp32", 16e9)
@@ -271,7 +271,7 @@ def test_measured_device_spec_is_the_best_seen(quick):
 @needs_torch
 def test_collectives_over_gloo_on_localhost():
     """The spawn / process-group / timing path of the NCCL benchmark, on CPU with gloo."""
-    from sim.calibrate.harness import measure_collectives
+    from sim.calibrate.collectives import measure_collectives
 
     points = measure_collectives(
         world=2, sizes=(1024, 8192), backend="gloo", warmup=1, repeats=3, fabric="loopback"

@@ -10,8 +10,8 @@ import pytest
 import simpy
 
 from sim.cost.collectives import CollectiveModel
-from sim.cost.torus import torus_box
 from sim.cost.topology import Cluster, build_cluster
+from sim.cost.torus import torus_box
 from sim.errors import LlmsimError
 from sim.spec import catalog
 

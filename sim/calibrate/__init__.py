@@ -1,13 +1,20 @@
 """Calibration: measure a device's op times with PyTorch and fit cost curves to them.
 
-- `profile`: the YAML schema of a calibration profile (measurements, fit, environment).
-- `harness`: the microbenchmarks behind `llmsim calibrate` (needs the `calibrate` extra).
+- `harness`: `llmsim calibrate` end to end: run the microbenchmarks, fit, write the
+  profile (its YAML schema is sim.spec.profile). Needs the `calibrate` extra, as do
+  the modules it runs:
+  - `grids`: the options, checked, and the grids of sizes one run measures;
+  - `timing`: sampling one kernel, and keeping weights and KV caches out of the cache;
+  - `gemm`, `attention`, `elementwise`, `copies` (launch overhead and host<->device
+    copies), `collectives`: one family of microbenchmarks each;
+  - `environment`: the device a profile calibrates and the software that measured it.
 - `reference`: a small real decoder in PyTorch, to compare simulated and measured
   latencies of one model on one machine (needs the extra too).
 - `fit`: shape-based curves fitted to measurements.
+- `vidur`: measurements read from Vidur's public profiling data.
 
-Importing this package costs nothing: PyTorch is imported only by `harness` and
-`reference`, and `require_torch` turns its absence into one line of advice.
+Importing this package costs nothing: PyTorch is imported only by the harness's modules
+and `reference`, and `require_torch` turns its absence into one line of advice.
 """
 
 from __future__ import annotations

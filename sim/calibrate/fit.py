@@ -22,6 +22,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sparse
+from scipy.sparse.linalg import lsqr
 
 from sim.cost.curves import stream_time
 from sim.spec.hardware import DeviceSpec
@@ -63,8 +65,6 @@ def _grid_shape(lo: Sequence[float], hi: Sequence[float], step: float) -> tuple[
 def _trilinear(surface: Surface, x: np.ndarray) -> Any:
     """Interpolation weights of points x (n×3, log2 units) on the surface's grid, as a
     sparse matrix."""
-    import scipy.sparse as sparse  # fitting only: the kernel reads surfaces without scipy
-
     shape = np.array(surface.shape)
     lo = np.array(surface.lo)
     g = (np.clip(x, lo, lo + (shape - 1) * surface.step) - lo) / surface.step
@@ -94,8 +94,6 @@ def surface_at(surface: Surface, x: np.ndarray) -> np.ndarray:
 
 
 def _second_differences(shape: tuple[int, int, int]) -> Any:
-    import scipy.sparse as sparse
-
     size = int(np.prod(shape))
     idx = np.arange(size).reshape(shape)
     blocks = []
@@ -130,9 +128,6 @@ def fit_surface(
 ) -> Surface:
     """Least squares fit of y at x on a grid, with a second-difference penalty; with a
     prior, the fit is of the residual and the prior is added back."""
-    import scipy.sparse as sparse
-    from scipy.sparse.linalg import lsqr
-
     shape = _grid_shape(lo, hi, step)
     empty = Surface(lo=tuple(lo), step=step, shape=shape, values=(0.0,) * int(np.prod(shape)))
     target = y - (surface_at(prior, x) if prior is not None else 0.0)

@@ -14,8 +14,9 @@ Assumptions: random weights (seeded), no tokenizer and no sampling; eager PyTorc
 CUDA graphs. Attention is torch's scaled_dot_product_attention over a preallocated
 KV cache: causal prefill from an empty cache (grouped K/V heads through `enable_gqa`),
 and decode with the query heads of a group folded into the query axis, as the
-calibration harness times it. A sliding window is not applied. MoE layers, ALiBi or
-relative positions and encoder-only models are not supported.
+calibration harness times it (sim.calibrate.attention). A sliding window is not
+applied. MoE layers, ALiBi or relative positions and encoder-only models are not
+supported.
 """
 
 from __future__ import annotations
@@ -24,16 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sim.calibrate.harness import (
-    ACTIVATION_BASE,
-    ACTIVATIONS,
-    DTYPES,
-    SDPA_GQA,
-    measure,
-    parse_device,
-    rms_norm,
-    rotary,
-)
+from sim.calibrate.attention import SDPA_GQA
+from sim.calibrate.elementwise import ACTIVATION_BASE, ACTIVATIONS, rms_norm, rotary
+from sim.calibrate.grids import DTYPES, parse_device
+from sim.calibrate.timing import measure
 from sim.errors import LlmsimError
 from sim.spec.model import ModelSpec
 

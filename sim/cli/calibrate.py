@@ -1,9 +1,10 @@
 """`llmsim calibrate`: measure this machine's op times with PyTorch; write a profile.
 
-The measuring lives in sim.calibrate.harness; this module parses the options, checks
-them (and that --out can be written) before minutes of measuring, prints one progress
-line per op family on stderr and writes the profile YAML. PyTorch is the `calibrate`
-extra and is imported only here, when the command runs.
+The measuring lives in sim.calibrate.harness (options and grids in sim.calibrate.grids);
+this module parses the options, checks them (and that --out can be written) before
+minutes of measuring, prints one progress line per op family on stderr and writes the
+profile YAML. PyTorch is the `calibrate` extra and is imported only here, when the
+command runs.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from sim.errors import LlmsimError
 
 HELP = """\
 Runs microbenchmarks with PyTorch on one device and writes a calibration profile (YAML,
-schema sim/calibrate/profile.py): GEMMs over the per-device (n, k) of the models' layers
+schema sim/spec/profile.py): GEMMs over the per-device (n, k) of the models' layers
 at each TP degree times a grid of token counts; attention prefill (causal) and decode
 (flash_attn when installed, else torch SDPA) over batch x KV-length grids; element-wise
 ops (norm, activation, rotary, residual add, embedding); launch overhead; pinned
@@ -113,9 +114,9 @@ def run(ns: argparse.Namespace) -> int:
     if ns.models is not None and not models:
         raise LlmsimError("give at least one model name", key="--models")
     require_torch()
-    from sim.calibrate import harness
+    from sim.calibrate import grids, harness
 
-    options = harness.Options(
+    options = grids.Options(
         device=ns.device,
         dtype=ns.dtype,
         models=models,
@@ -127,7 +128,7 @@ def run(ns: argparse.Namespace) -> int:
         threads=ns.threads,
         command=_command(ns),
     )
-    plan = harness.resolve(options)
+    plan = grids.resolve(options)
     harness.check_writable(out)
     result = harness.calibrate(plan, progress=_progress)
     harness.write_profile(result.profile, out)
