@@ -138,6 +138,7 @@ def setup(sub: argparse._SubParsersAction) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
+    # the library loads when the command runs (start-up time: see sim.cli.main)
     from sim.plan.analyze import analyze
 
     kwargs: dict[str, Any] = {}

@@ -106,6 +106,7 @@ def setup(sub: argparse._SubParsersAction) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
+    # the library loads when the command runs (start-up time: see sim.cli.main)
     from sim.calibrate import require_torch
 
     out = Path(ns.out).expanduser()

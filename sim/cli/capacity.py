@@ -62,6 +62,7 @@ def _loads(text: str) -> tuple[float, ...]:
 
 
 def run(ns: argparse.Namespace) -> int:
+    # the library loads when the command runs (start-up time: see sim.cli.main)
     from sim.plan import load_scenario
     from sim.results.plots import plot_curve
     from sim.results.report import summary_json
@@ -110,6 +111,7 @@ def run(ns: argparse.Namespace) -> int:
 
 
 def scenario_slo_text(scenario: Any) -> str:
+    # the library loads when the command runs (start-up time: see sim.cli.main)
     from sim.studies.capacity import result_slos
 
     parts = []

@@ -61,6 +61,7 @@ def setup(sub: argparse._SubParsersAction) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
+    # the library loads when the command runs (start-up time: see sim.cli.main)
     from sim.plan import load_scenario
     from sim.spec.scenario import Scenario
     from sim.studies.compare import VariantResult, run_variants, table, to_json, write_outputs

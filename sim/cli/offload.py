@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from sim.cli.options import add_overrides
+from sim.cli.options import add_overrides, print_json
 from sim.errors import LlmsimError
 from sim.results.table import aligned
 
@@ -85,7 +85,6 @@ def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
 
 
 def run(ns: argparse.Namespace) -> int:
-    from sim.cli.options import print_json
     from sim.plan import load_scenario
     from sim.studies.offload_search import search
 
@@ -165,6 +164,7 @@ HEADER = [
 
 
 def report(result: SearchResult, model: str, cluster: str) -> str:
+    # the library loads when the command runs (start-up time: see sim.cli.main)
     from sim.studies.offload_search import offload_snippet
 
     cap = result.capacities

@@ -35,6 +35,7 @@ def setup(sub: argparse._SubParsersAction) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
+    # the library loads when the command runs (start-up time: see sim.cli.main)
     from sim.plan import load_scenario
     from sim.results.report import summary_json, summary_table, write_results
     from sim.results.run import simulate

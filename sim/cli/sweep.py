@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from sim.cli.options import add_progress, progress_flag
 from sim.errors import LlmsimError
-from sim.results.table import aligned, fmt_num
+from sim.results.table import aligned, fmt_num, json_safe
 
 if TYPE_CHECKING:  # pandas only when the command runs: `llmsim --help` stays quick
     import pandas as pd
@@ -43,6 +43,7 @@ def setup(sub: argparse._SubParsersAction) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
+    # the library loads when the command runs (start-up time: see sim.cli.main)
     from sim.studies.store import pareto_front, pareto_path, ranked, write_pareto
     from sim.studies.sweep import run_sweep
     from sim.studies.sweep_tasks import load_sweep
@@ -103,8 +104,6 @@ def _metric_name(metric: str) -> str:
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    from sim.results.table import json_safe
-
     out: list[dict[str, Any]] = json_safe(frame.to_dict(orient="records"))
     for row in out:
         if row.get("overrides"):

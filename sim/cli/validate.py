@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
+from sim.cli.options import print_json
 from sim.results.table import aligned
 
 if TYPE_CHECKING:  # the command imports the library only when it runs
@@ -84,7 +85,6 @@ def table(report: Report) -> str:
 
 
 def run(ns: argparse.Namespace) -> int:
-    from sim.cli.options import print_json
     from sim.fidelity.validate import validate
 
     report = validate(ns.data, only=ns.only)

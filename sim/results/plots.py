@@ -37,6 +37,7 @@ class GanttPanel:
 
 
 def _shade(color: str, amount: float) -> tuple[float, float, float]:
+    # matplotlib loads only when a plot is drawn (start-up time)
     from matplotlib.colors import to_rgb
 
     r, g, b = to_rgb(color)
@@ -44,6 +45,7 @@ def _shade(color: str, amount: float) -> tuple[float, float, float]:
 
 
 def _figure(width: float, height: float) -> Any:
+    # matplotlib loads only when a plot is drawn (start-up time)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -114,6 +116,7 @@ def _draw_panel(ax: Any, panel: GanttPanel) -> None:
 def gantt(panels: Sequence[GanttPanel], path: str | Path, title: str = "") -> Path:
     """Stages (y) × time (x) per variant, bars coloured by phase; micro-batches alternate
     shade and carry their number (`engine.microbatch` when there are several engines)."""
+    # matplotlib loads only when a plot is drawn (start-up time)
     from matplotlib.patches import Patch
 
     heights = [0.9 + 0.35 * max(p.n_stages, 1) if p.error is None else 0.8 for p in panels]

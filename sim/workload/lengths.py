@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from sim.spec.workload import EmpiricalLength, FixedLength, NormalLength, UniformLength, ZipfLength
 from sim.workload.traces import load_column, resolve_path
@@ -21,6 +20,8 @@ from sim.workload.traces import load_column, resolve_path
 def _truncated_normal(rng: np.random.Generator, lo: float, hi: float, m: int) -> np.ndarray:
     """Standard normal draws conditioned on [lo, hi): scipy's truncated normal at
     uniform quantiles (inverse CDF, no rejection loop)."""
+    from scipy import stats  # 1 s to import here: only parametric lengths pay for it
+
     out: np.ndarray = stats.truncnorm.ppf(rng.random(m), lo, hi)
     return out
 
@@ -29,6 +30,8 @@ def _truncated_normal(rng: np.random.Generator, lo: float, hi: float, m: int) ->
 def _zipf_cdf(a: float, size: int) -> np.ndarray:
     """The CDF of scipy's bounded Zipf (`zipfian`, P(k) ∝ k^-a on 1..size) as a table:
     drawing is then one binary search per value (its own `ppf` searches per value)."""
+    from scipy import stats  # (as above)
+
     cdf: np.ndarray = stats.zipfian.cdf(np.arange(1, size + 1), a, size)
     cdf.setflags(write=False)
     return cdf
