@@ -7,6 +7,7 @@ from typing import Any
 
 from sim.cli.options import print_json
 from sim.errors import LlmsimError
+from sim.results.table import aligned
 
 
 def _fmt_bytes(n: float) -> str:
@@ -85,8 +86,7 @@ def _analysis_table(a: dict[str, Any]) -> str:
             f"{a['decode_bound']}-bound; floor {_fmt_s(a['decode_latency_floor_s'])}/token",
         ),
     ]
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    return "\n".join(aligned(("", ""), rows, left=(0, 1))[1:])
 
 
 def setup(sub: argparse._SubParsersAction) -> None:
@@ -185,7 +185,7 @@ def run(ns: argparse.Namespace) -> int:
 
 
 def _ops_table(ops: dict[str, dict[str, Any]], tokens: int) -> str:
-    lines = [f"\none layer on one device, {tokens} token(s):", f"{'op':<16}{'time':>12}  source"]
-    for name, row in ops.items():
-        lines.append(f"{name:<16}{_fmt_s(row['seconds']):>12}  {row['source']}")
+    rows = [(name, _fmt_s(row["seconds"]), row["source"]) for name, row in ops.items()]
+    table = aligned(("op", "time", "source"), rows, left=(0, 2), min_widths=(14, 10))
+    lines = [f"\none layer on one device, {tokens} token(s):", *table]
     return "\n".join(lines)
