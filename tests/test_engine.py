@@ -224,16 +224,22 @@ def test_md1_mean_wait_matches_queueing_theory():
 
 def test_continuous_beats_static_on_the_same_load():
     kw = {"workload__requests": 200, "workload__arrival": {"process": "poisson", "rate": 8.0}}
-    cont = simulate(scenario(scheduler={"policy": "vllm"}, **kw)).summary
+    cont = simulate(scenario(scheduler={"policy": "vllm"}, **kw))
     padded = simulate(
         scenario(scheduler={"policy": "static", "batch_size": 16, "padding": "padded"}, **kw)
-    ).summary
+    )
     packed = simulate(
         scenario(scheduler={"policy": "static", "batch_size": 16, "padding": "packed"}, **kw)
-    ).summary
-    assert cont.e2e_s.mean < packed.e2e_s.mean <= padded.e2e_s.mean
-    # Padding computes phantom tokens: more device work for the same requests.
-    assert packed.mfu <= padded.mfu
+    )
+    assert cont.summary.e2e_s.mean < packed.summary.e2e_s.mean <= padded.summary.e2e_s.mean
+    # Padding computes phantom tokens: more device work (hardware FLOPs, HFU) for the
+    # same useful work (model FLOPs, MFU's numerator).
+    assert padded.devices["flops"].sum() > 1.05 * packed.devices["flops"].sum()
+    assert padded.devices["model_flops"].sum() == pytest.approx(
+        packed.devices["model_flops"].sum(), rel=1e-9
+    )
+    assert padded.summary.mfu < padded.summary.hfu
+    assert packed.summary.mfu == pytest.approx(packed.summary.hfu, rel=1e-9)
 
 
 def test_tp_and_pp_replicas_run_and_use_links():

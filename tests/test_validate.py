@@ -254,3 +254,30 @@ def test_throughput_does_not_depend_on_the_request_count():
     assert full.simulated is not None and half.simulated is not None
     assert "30000 requests" in full.note and "(of 30000)" in half.note
     assert half.simulated == pytest.approx(full.simulated, rel=0.02)
+
+
+def test_the_shipped_measurements_are_the_published_ones():
+    """validate works without ../shared: its measurements ship in the package, derived
+    from the developers' file (kept as published, each entry with its source)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "derive_measurements",
+        Path(__file__).resolve().parent.parent / "bench" / "derive_measurements.py",
+    )
+    assert spec is not None and spec.loader is not None
+    derive = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(derive)
+    assert DATA == derive.SHIPPED and DATA.is_file()
+    if not derive.SOURCE.is_file():
+        pytest.skip("../shared is not beside this checkout")
+    assert DATA.read_text() == derive.derived(), "run python bench/derive_measurements.py"
+    for entry in catalog.read_yaml(DATA)["measurements"]:
+        assert entry.get("source"), entry["id"]
+
+
+def test_validate_runs_from_anywhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    report = validate(only="vllm_opt13b_kv_per_token")
+    (row,) = report.rows
+    assert row.simulated == pytest.approx(800.0)  # 819,200 B = 800 KiB per token

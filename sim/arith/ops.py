@@ -59,9 +59,26 @@ class Op:
     share: float = 1.0  # attention sharded by batch: this device's share of the sequences
 
 
-def causal_pairs(chunk: int, done: int) -> float:
-    """Causal (query, key) pairs of a `chunk` of queries after `done` cached tokens."""
-    return chunk * done + chunk * (chunk + 1) / 2
+def causal_pairs(chunk: int, done: int, window: int | None = None) -> float:
+    """Causal (query, key) pairs of a `chunk` of queries after `done` cached tokens: the
+    query at position p (1-based) attends to p keys, or to the last `window` of them
+    under sliding-window attention."""
+    full = chunk * done + chunk * (chunk + 1) / 2
+    if window is None or done + chunk <= window:
+        return full
+    first = done + 1  # the chunk's first query position
+    if first >= window:
+        return float(chunk * window)
+    # positions first..window attend to p keys, window+1..done+chunk to `window`
+    return (first + window) * (window - first + 1) / 2 + (done + chunk - window) * window
+
+
+def prefill_keys(chunk: int, done: int, window: int | None = None) -> int:
+    """Keys a prefill chunk reads: every cached token and the chunk's own, or with a
+    sliding window the `window - 1` before the chunk's first query and the chunk."""
+    if window is None:
+        return done + chunk
+    return min(done + chunk, window - 1 + chunk)
 
 
 @dataclass(frozen=True)
@@ -83,13 +100,14 @@ class Work:
     decode_kv_tokens: int = 0
 
     @staticmethod
-    def prefill(batch: int, prompt: int, cached: int = 0) -> Work:
-        """`batch` sequences each prefilling `prompt` tokens after `cached` ones."""
+    def prefill(batch: int, prompt: int, cached: int = 0, window: int | None = None) -> Work:
+        """`batch` sequences each prefilling `prompt` tokens after `cached` ones (under a
+        sliding `window`, each query attends to at most `window` keys)."""
         return Work(
             tokens=batch * prompt,
             prefill_tokens=batch * prompt,
-            prefill_pairs=batch * causal_pairs(prompt, cached),
-            prefill_kv_tokens=batch * (cached + prompt),
+            prefill_pairs=batch * causal_pairs(prompt, cached, window),
+            prefill_kv_tokens=batch * prefill_keys(prompt, cached, window),
         )
 
     @staticmethod
@@ -253,6 +271,23 @@ def layer_plan(
             )
         )
         ops.append(Op("mlp_down", "gemm", n=d, k=ff, count=moe.n_experts, top_k=moe.top_k))
+        if moe.shared_experts:
+            # Every token passes through every shared expert: together one dense MLP
+            # `shared_experts` times as wide.
+            sff = moe.shared_experts * ff
+            if model.mlp == "gated":
+                ops.append(Op("shared_gate", "gemm", n=sff, k=d))
+            ops.append(Op("shared_up", "gemm", n=sff, k=d))
+            ops.append(
+                Op(
+                    "shared_act",
+                    "elementwise",
+                    read_elems=(2 if model.mlp == "gated" else 1) * sff,
+                    write_elems=sff,
+                    flops_per_token=4 * sff,
+                )
+            )
+            ops.append(Op("shared_down", "gemm", n=d, k=sff))
     else:
         ff = model.d_ff // tp
         if model.mlp == "gated":

@@ -86,7 +86,8 @@ def flops_per_token(model: ModelSpec, context: int = 0) -> dict[str, float]:
     kept = model.kv_tokens_kept(context)
     if model.moe is not None:
         mats = 3 if model.mlp == "gated" else 2
-        ffn = 2.0 * model.moe.top_k * mats * d * model.d_ff_expert + 2.0 * d * model.moe.n_experts
+        experts = model.moe.top_k + model.moe.shared_experts  # every token meets the shared ones
+        ffn = 2.0 * experts * mats * d * model.d_ff_expert + 2.0 * d * model.moe.n_experts
     else:
         ffn = 2.0 * (3 if model.mlp == "gated" else 2) * d * model.d_ff
     split = {

@@ -1,7 +1,7 @@
 """Offloading (FlexGen, Sheng et al. 2023): weights, KV cache and activations placed in
 fractions on GPU memory, host DRAM and disk, moved over PCIe and NVMe as they are used.
 
-The block schedule (zigzag-block): a block of `gpu_batches` GPU batches of
+The block (zigzag) schedule: a block of `gpu_batches` GPU batches of
 `gpu_batch_size` sequences runs layer by layer; a layer's weights are loaded once per
 block (the part not resident on the GPU), each GPU batch's KV cache and activations
 are loaded before and stored after its compute, and all of it overlaps the compute of

@@ -14,12 +14,29 @@ counted in O(block_size) — without visiting the sequences.
 from __future__ import annotations
 
 
+class Tally:
+    """Blocks in use across the block managers of one replica (its virtual engines),
+    and the most ever in use at once."""
+
+    __slots__ = ("peak", "used")
+
+    def __init__(self) -> None:
+        self.used = 0
+        self.peak = 0
+
+
 class OutOfBlocks(RuntimeError):
     """Raised when a caller asks for more blocks than are free (a bug, not bad input)."""
 
 
 class BlockManager:
-    def __init__(self, total_blocks: int, block_size: int, watermark: float = 0.0):
+    def __init__(
+        self,
+        total_blocks: int,
+        block_size: int,
+        watermark: float = 0.0,
+        tally: Tally | None = None,
+    ):
         if total_blocks < 0 or block_size < 1:
             raise ValueError("total_blocks must be >= 0 and block_size >= 1")
         self.total = total_blocks
@@ -27,6 +44,7 @@ class BlockManager:
         self.watermark_blocks = int(watermark * total_blocks)
         self.used = 0
         self.peak = 0
+        self.tally = tally if tally is not None else Tally()  # shared with sibling engines
         self.hist = [0] * block_size  # growing decoders by (kv - step) % block_size
         self.growers = 0  # sum(hist)
 
@@ -48,11 +66,16 @@ class BlockManager:
         self.used += blocks
         if self.used > self.peak:
             self.peak = self.used
+        tally = self.tally
+        tally.used += blocks
+        if tally.used > tally.peak:
+            tally.peak = tally.used
 
     def release(self, blocks: int) -> None:
         if blocks > self.used:
             raise OutOfBlocks(f"releasing {blocks} blocks with {self.used} in use")
         self.used -= blocks
+        self.tally.used -= blocks
 
     # ------------------------------------------------------------------ growth
     def add_grower(self, key: int) -> None:

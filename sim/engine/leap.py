@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sim.cost.stage import StageCost
+from sim.engine.kv_cache import BlockManager
 from sim.engine.policies.base import BatchingPolicy, Step
 from sim.engine.state import ReplicaState
 
@@ -38,14 +39,16 @@ def leap_bound(st: ReplicaState, policy: BatchingPolicy, step: Step) -> int:
 @dataclass(frozen=True)
 class Leap:
     """k decode steps of `seqs` sequences (`real` of them not padding) from `start`,
-    their KV total starting at `kv0` and growing by `growth` a step; `ends[j]` is when
-    step j + 1 ends."""
+    their KV total starting at `kv0` (`real_kv0` without padding) and growing by
+    `growth` (`real_growth`) a step; `ends[j]` is when step j + 1 ends."""
 
     start: float
     seqs: int
     real: int
     kv0: int
+    real_kv0: int
     growth: int
+    real_growth: int
     ends: np.ndarray
 
     @staticmethod
@@ -54,7 +57,25 @@ class Leap:
         kv0 = st.kv_sum + step.pad_decode_kv
         growth = st.growing + step.pad_decode_seqs
         times = cost.decode_times(seqs, kv0, growth, k)
-        return Leap(start, seqs, st.decoders, kv0, growth, np.cumsum(times) + start)
+        ends = np.cumsum(times) + start
+        return Leap(start, seqs, st.decoders, kv0, st.kv_sum, growth, st.growing, ends)
+
+    @staticmethod
+    def blocks_used(blocks: BlockManager, step: int, steps: int) -> list[int]:
+        """Blocks in use after each of the next `steps` decode steps from `step`, as the
+        decoders' growth takes new blocks (before anything finishes)."""
+        used, out = blocks.used, []
+        for j in range(steps):
+            used += blocks.needed_at(step + j)
+            out.append(used)
+        return out
+
+    def block_seconds(self, used_after: list[int]) -> float:
+        """∫ blocks in use dt over the steps done: step j holds `used_after[j]` for its
+        duration, as a step-by-step run records it."""
+        n = len(used_after)
+        durations = np.diff(self.ends[:n], prepend=self.start)
+        return float(np.dot(durations, used_after))
 
     def end(self, steps: int) -> float:
         """When the first `steps` steps are done."""

@@ -17,16 +17,13 @@ single-stage replica charges.
 from __future__ import annotations
 
 from sim.arith.ops import Work
-from sim.cost.stage import StageCost
-from sim.engine.resources import Links
-from sim.plan.deploy import OffloadPlan
+from sim.plan.deploy import Edge, OffloadPlan
 
 
 class OffloadExecutor:
-    def __init__(self, plan: OffloadPlan, stage: StageCost, links: Links, n_layers: int):
+    def __init__(self, plan: OffloadPlan, n_layers: int):
         self.plan = plan
         self.values = plan.spec.values()
-        self.links = links
         self.n_layers = n_layers
 
     def step_seconds(self, work: Work, logits: int) -> tuple[float, dict[str, float]]:
@@ -35,10 +32,13 @@ class OffloadExecutor:
         per_layer = {name: term.at(self.values) for name, term in step.terms.items()}
         return step.seconds(self.values, self.n_layers), per_layer
 
-    def step(self, work: Work, logits: int) -> float:
-        """Seconds of one step of the block, each link charged for its stream."""
+    def step(self, work: Work, logits: int) -> tuple[float, dict[Edge, float]]:
+        """Seconds of one step of the block, and the seconds each link carries its
+        stream for (over all layers)."""
         seconds, per_layer = self.step_seconds(work, logits)
-        for stream, edge in self.plan.streams.items():
-            if per_layer[stream] > 0:
-                self.links.charge((edge,), per_layer[stream] * self.n_layers)
-        return seconds
+        streams = {
+            edge: per_layer[stream] * self.n_layers
+            for stream, edge in self.plan.streams.items()
+            if per_layer[stream] > 0
+        }
+        return seconds, streams

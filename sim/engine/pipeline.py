@@ -12,10 +12,10 @@ runs, and in how one step of a group is cut into micro-batches:
 - `hybrid` (DeepSpeed-Inference): `decode_microbatches` groups whose decode steps
   re-enter the first stage as soon as they leave the last; a step that prefills is cut
   into `prefill_microbatches` micro-batches, so long prompts pipeline finely too.
-- `zigzag-block` (FlexGen): one group; a step runs as one block, stage by stage, layer
-  by layer, each layer's weights loaded once for the whole block; loads of offloaded
-  weights overlap the compute of the layer before (without offloading it is a single
-  micro-batch per step).
+
+FlexGen's zigzag block schedule is not one of these: it belongs to offloading (a
+scenario's `offload:`), where the offload executor (sim.engine.offload) runs each step of
+a block layer by layer with the weight, KV and activation streams overlapping compute.
 """
 
 from __future__ import annotations
@@ -86,8 +86,3 @@ class Hybrid(PipelineSchedule):
         if work.prefill_tokens:
             return split_work(work, logits, self.prefill_microbatches)
         return [MicroBatch(work, logits)]
-
-
-@register
-class ZigzagBlock(PipelineSchedule):
-    name = "zigzag-block"

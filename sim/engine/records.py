@@ -120,11 +120,17 @@ class Recorder:
         tokens_out: int,
         blocks_used: int,
         blocks_total: int,
+        block_seconds: float | None = None,
+        blocks_peak: int | None = None,
     ) -> None:
+        """`iterations` steps from `start` to `end` (a leap when more than one);
+        `blocks_used` is what they leave in use, `block_seconds` (∫ blocks dt, default
+        blocks_used × duration) and `blocks_peak` what they held on the way."""
         self.iterations_total += iterations
         if blocks_total > 0:
-            share = blocks_used / blocks_total
-            self.kv_share_seconds += share * (end - start)
+            held = blocks_used * (end - start) if block_seconds is None else block_seconds
+            self.kv_share_seconds += held / blocks_total
+            share = (blocks_used if blocks_peak is None else blocks_peak) / blocks_total
             if share > self.kv_share_peak:
                 self.kv_share_peak = share
         self.engines.add((replica, engine))
@@ -217,7 +223,8 @@ class StageRecord:
     stage: int
     busy_s: float
     comm_s: float
-    flops: float
+    flops: float  # as computed: padding and recomputation included
+    model_flops: float  # the model's useful FLOPs
     bytes: float
 
 
@@ -230,7 +237,7 @@ class RunRecords:
     recorder: Recorder
     stages: list[StageRecord]
     active_s: list[float]  # per replica: time with at least one step in flight
-    kv_peak_blocks: list[int]  # per replica
+    kv_peak_blocks: list[int]  # per replica: the most blocks in use at once
     link_busy: dict[Edge, float]
     duration_s: float
     events: int

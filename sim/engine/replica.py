@@ -14,7 +14,8 @@ from typing import Any
 
 import simpy
 
-from sim.arith.ops import MicroBatch, Work, causal_pairs
+from sim.arith.ops import MicroBatch, Work, causal_pairs, prefill_keys
+from sim.engine.kv_cache import Tally
 from sim.engine.leap import Leap, leap_bound
 from sim.engine.offload import OffloadExecutor
 from sim.engine.pipeline import PipelineSchedule
@@ -53,9 +54,7 @@ class Replica:
         # token; a decode replica takes them in. A colocated replica does both.
         self.handoff = handoff
         self.offload = (
-            OffloadExecutor(plan.offload, plan.stages[0].cost, links, self.model_layers)
-            if plan.offload is not None
-            else None
+            OffloadExecutor(plan.offload, self.model_layers) if plan.offload is not None else None
         )
         # Leaps need the device to themselves (one stage, one engine) and one
         # micro-batch per decode step.
@@ -77,10 +76,17 @@ class Replica:
     # ------------------------------------------------------------------ routing view
 
     @property
-    def kv_free_fraction(self) -> float:
-        free = sum(e.state.blocks.free for e in self.engines)
-        total = sum(e.state.blocks.total for e in self.engines) or 1
-        return free / total
+    def kv_load(self) -> float:
+        """KV blocks in use plus those the queued requests' prompts need, over the
+        replica's blocks (above 1 when more is queued than fits)."""
+        demand = 0
+        total = 0
+        for e in self.engines:
+            st = e.state
+            queued = st.waiting.tokens + st.incoming.tokens
+            demand += st.blocks.used + st.blocks.blocks_for(queued)
+            total += st.blocks.total
+        return demand / (total or 1)
 
     def admit(self, req: Req) -> None:
         """A request arrives at this replica (from the router)."""
@@ -120,6 +126,17 @@ class Replica:
         self._in_flight -= 1
         if self._in_flight == 0:
             self.active_s += self.env.now - self._in_flight_since
+
+    def settle(self, now: float) -> None:
+        """The run stopped at `now` with steps in flight: count their time so far."""
+        if self._in_flight:
+            self.active_s += now - self._in_flight_since
+            self._in_flight_since = now
+
+    @property
+    def tally(self) -> Tally:
+        """Blocks in use across this replica's engines, and the most at once."""
+        return self.engines[0].state.blocks.tally
 
     def arrivals_done(self) -> None:
         for e in self.engines:
@@ -161,8 +178,13 @@ class VirtualEngine:
     def run(self) -> Generator[Any, Any, None]:
         env = self.env
         replica = self.replica
-        # One stage and one engine: nobody else wants the device, so skip the resource.
-        single = len(replica.stages) == 1 and len(replica.engines) == 1
+        # One stage and one engine whose collectives cross no link anything else uses:
+        # nobody else wants the device or its links, so skip the resources.
+        single = (
+            len(replica.stages) == 1
+            and len(replica.engines) == 1
+            and not replica.stages[0].plan.shared
+        )
         while True:
             now = env.now
             decision = self.policy.schedule(now)
@@ -179,6 +201,7 @@ class VirtualEngine:
                 yield from self._swap(step)
             if (
                 self.leap
+                and single
                 and replica.offload is None
                 and step.decode
                 and not step.prefills
@@ -188,87 +211,167 @@ class VirtualEngine:
                 if k > 1:
                     yield from self._leap(step, k)
                     continue
-            work, logits = self._work(step)
+            work, useful, logits, real_logits = self._work(step)
             start = env.now
             replica.begin_step()
-            batches = [] if replica.offload is not None else replica.schedule.split(work, logits)
-            if replica.offload is not None or (single and len(batches) == 1):
-                stage = replica.stages[0]
-                if replica.offload is not None:
-                    t = replica.offload.step(work, logits)
-                else:
-                    t = stage.cost.time(work, logits)
-                self._charge(stage, 0, 0, work, logits, start, t)
-                yield env.timeout(t)
-            elif len(batches) == 1:
-                yield from self._through_stages(batches[0], 0)
+            if replica.offload is not None:
+                yield from self._offload_step(work, useful, logits, real_logits)
             else:
-                runs = [env.process(self._through_stages(mb, i)) for i, mb in enumerate(batches)]
-                yield env.all_of(runs)
+                batches = replica.schedule.split(work, logits)
+                if single and len(batches) == 1:
+                    stage = replica.stages[0]
+                    t = stage.cost.time(work, logits)
+                    self._begin(stage, work, useful, logits, real_logits, start, t)
+                    yield env.timeout(t)
+                    self._end(stage, 0, work, start, env.now)
+                elif len(batches) == 1:
+                    yield from self._through_stages(batches[0], 0, work, useful, real_logits)
+                else:
+                    runs = [
+                        env.process(self._through_stages(mb, i, work, useful, real_logits))
+                        for i, mb in enumerate(batches)
+                    ]
+                    yield env.all_of(runs)
             replica.end_step()
             self._commit(step, work, start, env.now)
 
     # ------------------------------------------------------------------ pricing
-    def _work(self, step: Step) -> tuple[Work, int]:
+    def _work(self, step: Step) -> tuple[Work, Work, int, int]:
+        """The step's work as computed (padding and recomputation included), the useful
+        part of it (real tokens computed for the first time), and the sequences that
+        sample a token in each."""
         st = self.state
+        window = st.window
         pt = pkv = completing = 0
         pp = 0.0
+        ut = ukv = 0
+        up = 0.0
         for req, chunk in step.prefills:
             done = req.prefilled
             pt += chunk
-            pp += causal_pairs(chunk, done)
-            pkv += done + chunk
+            pp += causal_pairs(chunk, done, window)
+            pkv += prefill_keys(chunk, done, window)
+            first_new = max(done, min(req.computed, done + chunk))
+            new = done + chunk - first_new
+            if new:
+                ut += new
+                up += causal_pairs(new, first_new, window)
+                ukv += prefill_keys(new, first_new, window)
             if done + chunk >= req.target:
                 completing += 1
-        pt += step.pad_prefill_tokens
-        pp += step.pad_prefill_pairs
-        pkv += step.pad_prefill_tokens
         ds = dkv = 0
         if step.decode:
-            ds = st.decoders + step.pad_decode_seqs
-            dkv = st.kv_sum + step.pad_decode_kv
-        work = Work(
-            tokens=pt + ds,
-            prefill_tokens=pt,
-            prefill_pairs=pp,
-            prefill_kv_tokens=pkv,
+            ds = st.decoders
+            dkv = st.kv_sum
+        useful = Work(
+            tokens=ut + ds,
+            prefill_tokens=ut,
+            prefill_pairs=up,
+            prefill_kv_tokens=ukv,
             decode_seqs=ds,
             decode_kv_tokens=dkv,
         )
-        return work, ds + completing
+        if step.decode:
+            ds += step.pad_decode_seqs
+            dkv += step.pad_decode_kv
+        pt += step.pad_prefill_tokens
+        work = Work(
+            tokens=pt + ds,
+            prefill_tokens=pt,
+            prefill_pairs=pp + step.pad_prefill_pairs,
+            prefill_kv_tokens=pkv + step.pad_prefill_tokens,
+            decode_seqs=ds,
+            decode_kv_tokens=dkv,
+        )
+        real = (st.decoders if step.decode else 0) + completing
+        return work, useful, ds + completing, real
 
-    def _charge(
-        self, stage: Stage, s: int, mb: int, work: Work, logits: int, start: float, t: float
+    def _begin(
+        self,
+        stage: Stage,
+        work: Work,
+        useful: Work,
+        logits: int,
+        real_logits: int,
+        start: float,
+        seconds: float,
+        share: float = 1.0,
     ) -> None:
-        """Stage `s` runs micro-batch `mb` from `start` for `t` seconds: its counters and
-        the pipeline record."""
-        stage.busy_s += t
-        stage.comm_s += stage.cost.comm_part_s(work.tokens)
-        stage.flops += stage.cost.flops(work, logits)
-        stage.bytes += stage.cost.bytes(work)
-        replica = self.replica
-        replica.recorder.stage_span(
-            replica.index, s, self.index, mb, start, start + t, _phase(work), work.tokens
+        """Stage opens an execution of `work` (a micro-batch's `share` of the step)."""
+        cost = stage.cost
+        last = stage.index == len(self.replica.stages) - 1
+        model = cost.flops(useful, real_logits if last else 0) * share
+        stage.begin(
+            start,
+            seconds,
+            cost.flops(work, logits),
+            model,
+            cost.bytes(work),
+            cost.comm_part_s(work.tokens),
         )
 
-    def _through_stages(self, mb: MicroBatch, index: int) -> Generator[Any, Any, None]:
+    def _end(self, stage: Stage, mb: int, work: Work, start: float, end: float) -> None:
+        """Stage ends micro-batch `mb`'s execution: its counters and the pipeline record."""
+        stage.end(end)
+        replica = self.replica
+        replica.recorder.stage_span(
+            replica.index, stage.index, self.index, mb, start, end, _phase(work), work.tokens
+        )
+
+    def _through_stages(
+        self, mb: MicroBatch, index: int, step_work: Work, useful: Work, real_logits: int
+    ) -> Generator[Any, Any, None]:
         """One micro-batch through every stage in order, holding each stage while it
-        computes and the links between stages while its activations cross them."""
+        computes and the links between stages while its activations cross them. A
+        stage's TP collectives follow its compute (Megatron: no overlap) and hold the
+        links they share with other traffic for as long as they run: one hold per
+        execution, for the whole layer block's collectives."""
         env = self.env
         replica = self.replica
         stages = replica.stages
         last = len(stages) - 1
         work = mb.work
+        share = work.tokens / step_work.tokens if step_work.tokens else 1.0
         for s, stage in enumerate(stages):
             logits = mb.logits if s == last else 0
             with stage.resource.request() as slot:
                 yield slot
+                start = env.now
                 t = stage.cost.time(work, logits)
-                self._charge(stage, s, index, work, logits, env.now, t)
-                yield env.timeout(t)
+                self._begin(stage, work, useful, logits, real_logits, start, t, share)
+                comm = stage.cost.comm_part_s(work.tokens) if stage.plan.shared else 0.0
+                if comm > 0:
+                    yield env.timeout(t - comm)
+                    yield from replica.links.hold(stage.plan.shared, comm)
+                else:
+                    yield env.timeout(t)
+                self._end(stage, index, work, start, env.now)
             if s < last:
                 size = work.tokens * replica.act_bytes_per_token
                 yield from replica.links.transfer(replica.plan.sends[s], size)
+
+    def _offload_step(
+        self, work: Work, useful: Work, logits: int, real_logits: int
+    ) -> Generator[Any, Any, None]:
+        """One step of FlexGen's block schedule: the step takes as long as its priced
+        time, and each stream holds its link (PCIe each way, disk read, disk write) for
+        as long as it carries data, all at once, so other traffic on those links queues
+        behind them, and they behind it."""
+        env = self.env
+        stage = self.replica.stages[0]
+        offload = self.replica.offload
+        assert offload is not None
+        start = env.now
+        t, streams = offload.step(work, logits)
+        self._begin(stage, work, useful, logits, real_logits, start, t)
+        links = self.replica.links
+        holds = [env.process(links.hold((edge,), s)) for edge, s in streams.items() if s > 0]
+        yield env.timeout(t)
+        if holds:
+            yield env.all_of(holds)
+        for edge, s in streams.items():
+            links.charge((edge,), s)
+        self._end(stage, 0, work, start, env.now)
 
     def _swap(self, step: Step) -> Generator[Any, Any, None]:
         size = step.swap_out_bytes + step.swap_in_bytes
@@ -287,6 +390,7 @@ class VirtualEngine:
                 self._finish(req, end, req.kv0)
         for req, chunk in step.prefills:
             req.prefilled += chunk
+            req.computed = max(req.computed, req.prefilled)
             if req.prefilled < req.target:
                 continue
             if req in st.prefilling:
@@ -343,8 +447,17 @@ class VirtualEngine:
         env = self.env
         st = self.state
         stage = self.replica.stages[0]
-        leap = Leap.plan(stage.cost, st, step, k, env.now)
+        cost = stage.cost
+        leap = Leap.plan(cost, st, step, k, env.now)
         self.replica.begin_step()
+        stage.begin(
+            leap.start,
+            leap.duration(k),
+            cost.decode_flops(leap.seqs, leap.kv0, leap.growth, k),
+            cost.decode_flops(leap.real, leap.real_kv0, leap.real_growth, k),
+            cost.decode_bytes(leap.seqs, leap.kv0, leap.growth, k),
+            cost.comm_part_s(leap.seqs) * k,
+        )
         done = k
         self._leaping = True
         try:
@@ -355,19 +468,30 @@ class VirtualEngine:
         self._leaping = False
         self.replica.end_step()
         end = leap.end(done)
+        stage.end(
+            end,
+            (
+                cost.decode_flops(leap.seqs, leap.kv0, leap.growth, done),
+                cost.decode_flops(leap.real, leap.real_kv0, leap.real_growth, done),
+                cost.decode_bytes(leap.seqs, leap.kv0, leap.growth, done),
+                cost.comm_part_s(leap.seqs) * done,
+            ),
+        )
         self.replica.recorder.stage_span(
             self.replica.index, 0, self.index, 0, leap.start, end, "decode", leap.seqs * done
         )
-        stage.busy_s += end - leap.start
-        stage.comm_s += stage.cost.comm_part_s(leap.seqs) * done
-        stage.flops += stage.cost.decode_flops(leap.seqs, leap.kv0, leap.growth, done)
-        stage.bytes += stage.cost.decode_bytes(leap.seqs, leap.kv0, leap.growth, done)
-        used0 = st.blocks.used
+        # Blocks in use after each step, as stepping records them: growth as it happens
+        # (paged policies), and the finishers' blocks freed after the last step.
+        if self.policy.paged:
+            after = leap.blocks_used(st.blocks, st.step, done)
+        else:
+            after = [st.blocks.used] * done
         self.policy.grow(done)
         base = st.step
         st.advance(done)
         for at, req in st.pop_finished():
             self._finish(req, leap.end(at - base), req.kv0)
+        after[-1] = st.blocks.used
         self.replica.recorder.iteration(
             self.replica.index,
             self.index,
@@ -379,8 +503,10 @@ class VirtualEngine:
             leap.kv0,
             0,
             leap.real * done,
-            (used0 + st.blocks.used) // 2,
+            st.blocks.used,
             st.blocks.total,
+            leap.block_seconds(after),
+            max(after),
         )
 
 

@@ -17,6 +17,7 @@ class Req:
     __slots__ = (
         "arrival_s",
         "blocks",
+        "computed",
         "finish_step",
         "first_token_s",
         "generated",
@@ -43,6 +44,7 @@ class Req:
         self.generated = 0  # output tokens produced before the current decode stint
         self.target = prompt  # tokens the current (re)fill must have in cache
         self.prefilled = 0  # of those, already computed (chunked prefill)
+        self.computed = 0  # positions whose KV was ever computed (recompute is not useful work)
         self.kv0 = 0  # KV tokens when the current decode stint began
         self.join_step = 0
         self.finish_step = 0

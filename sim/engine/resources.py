@@ -58,14 +58,21 @@ class Links:
 
 @dataclass
 class Stage:
-    """A stage of a running replica: its plan, its resource and what it has done."""
+    """A stage of a running replica: its plan, its resource and what it has done.
+
+    An execution is opened when it starts (`begin`, with what it will have done by its
+    planned end) and closed when it ends (`end`), which charges it; a run cut short by
+    `engine.until_s` settles the open one (`settle`): busy up to the cut, and its FLOPs
+    and bytes in proportion, so no utilisation exceeds 1."""
 
     plan: StagePlan
     resource: simpy.Resource
     busy_s: float = 0.0
     comm_s: float = 0.0
-    flops: float = 0.0  # per device
+    flops: float = 0.0  # per device, as computed (padding and recomputation included)
+    model_flops: float = 0.0  # per device, the model's useful FLOPs only
     bytes: float = 0.0  # per device
+    _open: tuple[float, float, float, float, float, float] | None = None
 
     @property
     def index(self) -> int:
@@ -78,3 +85,41 @@ class Stage:
     @property
     def devices(self) -> tuple[int, ...]:
         return self.plan.devices
+
+    def begin(
+        self,
+        start: float,
+        seconds: float,
+        flops: float,
+        model_flops: float,
+        moved: float,
+        comm: float,
+    ) -> None:
+        self._open = (start, seconds, flops, model_flops, moved, comm)
+
+    def end(self, end: float, done: tuple[float, float, float, float] | None = None) -> None:
+        """Charge the open execution, ended at `end`; `done` (FLOPs, model FLOPs, bytes,
+        communication seconds) when it did less than it planned (a leap cut short)."""
+        assert self._open is not None
+        start, _, flops, model_flops, moved, comm = self._open
+        if done is not None:
+            flops, model_flops, moved, comm = done
+        self.busy_s += end - start
+        self.flops += flops
+        self.model_flops += model_flops
+        self.bytes += moved
+        self.comm_s += comm
+        self._open = None
+
+    def settle(self, now: float) -> None:
+        """The run stopped at `now`: charge what the open execution did before it."""
+        if self._open is None:
+            return
+        start, seconds, flops, model_flops, moved, comm = self._open
+        share = min(1.0, max(0.0, (now - start) / seconds)) if seconds > 0 else 1.0
+        self.busy_s += max(0.0, now - start)
+        self.flops += flops * share
+        self.model_flops += model_flops * share
+        self.bytes += moved * share
+        self.comm_s += comm * share
+        self._open = None

@@ -1,8 +1,10 @@
 """Routers: which replica a new request goes to (a registry of small strategies).
 
-A router sees the replicas' load through two numbers each — requests outstanding
-and the free share of KV blocks — and breaks ties by replica index, so routing is
-deterministic given the seed.
+A router sees the replicas' load as a real router does, through two numbers each:
+requests outstanding (routed there and not finished), and KV load, the share of the
+replica's KV blocks committed to running requests or asked for by the requests queued
+there (so a burst routed in one instant is seen as it queues, not only once it runs).
+Ties go to the lowest replica index, so routing is deterministic given the seed.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ class ReplicaView(Protocol):
     def outstanding(self) -> int: ...
 
     @property
-    def kv_free_fraction(self) -> float: ...
+    def kv_load(self) -> float: ...
 
 
 class RouterPolicy(Protocol):
@@ -70,15 +72,15 @@ class LeastOutstanding:
 
 @ROUTERS.register("least-kv")
 class LeastKV:
-    """The replica with the largest free share of KV blocks."""
+    """The replica with the least KV load (committed blocks plus queued demand)."""
 
     def __init__(self, rng: np.random.Generator):
         pass
 
     def next_replica(self, replicas: Sequence[ReplicaView]) -> int:
-        best, free = 0, replicas[0].kv_free_fraction
+        best, load = 0, replicas[0].kv_load
         for i in range(1, len(replicas)):
-            f = replicas[i].kv_free_fraction
-            if f > free:
-                best, free = i, f
+            f = replicas[i].kv_load
+            if f < load:
+                best, load = i, f
         return best

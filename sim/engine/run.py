@@ -16,7 +16,7 @@ import numpy as np
 import simpy
 
 from sim.engine.disagg import KVHandoff
-from sim.engine.kv_cache import BlockManager
+from sim.engine.kv_cache import BlockManager, Tally
 from sim.engine.policies.base import PolicyContext
 from sim.engine.records import Recorder, RunRecords, StageRecord
 from sim.engine.replica import Handoff, Replica
@@ -56,9 +56,13 @@ def build_replica(
     engines_per = schedule.engines()
     swap_bytes = getattr(params, "swap_space_bytes", 0.0)
     engines = []
+    tally = Tally()  # the replica's blocks in use, over all its engines
     for _ in range(engines_per):
         blocks = BlockManager(
-            memory.blocks // engines_per, params.block_size, getattr(params, "watermark", 0.0)
+            memory.blocks // engines_per,
+            params.block_size,
+            getattr(params, "watermark", 0.0),
+            tally,
         )
         state = ReplicaState(blocks, model.sliding_window, policy_cls.paged)
         ctx = PolicyContext(
@@ -142,8 +146,12 @@ def run(
         if s.engine.until_s is not None:
             until = done | env.timeout(s.engine.until_s)
         env.run(until=until)
+    for rep in replicas:  # a run cut short: charge what ran before the cut
+        for st in rep.stages:
+            st.settle(env.now)
+        rep.settle(env.now)
     stages = [
-        StageRecord(rep.index, st.index, st.busy_s, st.comm_s, st.flops, st.bytes)
+        StageRecord(rep.index, st.index, st.busy_s, st.comm_s, st.flops, st.model_flops, st.bytes)
         for rep in replicas
         for st in rep.stages
     ]
@@ -153,7 +161,7 @@ def run(
         recorder=recorder,
         stages=stages,
         active_s=[rep.active_s for rep in replicas],
-        kv_peak_blocks=[sum(e.state.blocks.peak for e in rep.engines) for rep in replicas],
+        kv_peak_blocks=[rep.tally.peak for rep in replicas],
         link_busy=dict(links.busy),
         duration_s=float(env.now),
         events=events(),

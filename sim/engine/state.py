@@ -17,14 +17,36 @@ from sim.engine.request import DECODING, DONE, Req
 NEVER = 1 << 62
 
 
+class Queue(deque[Req]):
+    """A FIFO of requests that keeps the tokens they will cache before their first
+    token (`tokens`): the demand a router sees queued at a replica."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tokens = 0
+
+    def append(self, req: Req) -> None:
+        self.tokens += req.target
+        super().append(req)
+
+    def appendleft(self, req: Req) -> None:
+        self.tokens += req.target
+        super().appendleft(req)
+
+    def popleft(self) -> Req:
+        req = super().popleft()
+        self.tokens -= req.target
+        return req
+
+
 class ReplicaState:
     def __init__(self, blocks: BlockManager, window: int | None, paged: bool):
         self.blocks = blocks
         self.window = window
         self.paged = paged  # decode growth draws blocks (vLLM), or KV was reserved (Orca)
-        self.waiting: deque[Req] = deque()
+        self.waiting = Queue()
         self.swapped: deque[Req] = deque()
-        self.incoming: deque[Req] = deque()  # prefilled elsewhere, KV arrived (disaggregated)
+        self.incoming = Queue()  # prefilled elsewhere, KV arrived (disaggregated)
         self.prefilling: list[Req] = []
         self.running: dict[int, Req] = {}
         self.step = 0  # decode steps done
@@ -64,6 +86,7 @@ class ReplicaState:
         """Take `req` out of the decoding set; return its KV tokens kept now."""
         del self.running[req.id]
         kv = req.kv(self.step)
+        req.computed = max(req.computed, kv)
         kept = self.kept(kv)
         self.kv_sum -= kept
         if self.window is None or kv < self.window:

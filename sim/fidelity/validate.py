@@ -1,8 +1,8 @@
 """The fidelity suite: simulated figures against published measurements.
 
-`validate()` reads a measurements file (by default `shared/data/measurements-dev.yaml`
-beside the checkout: entries with an id, model, hardware, precision, workload, metric,
-value and source), rebuilds every setup it knows how to reproduce as a scenario, runs it
+`validate()` reads a measurements file (by default the one that ships in this package,
+`sim/fidelity/measurements.yaml`: entries with an id, model, hardware, precision,
+workload, metric, value and source), rebuilds every setup it knows how to reproduce as a scenario, runs it
 through the same `simulate()` users call, and returns one `Row` per compared figure:
 measured, simulated, unit, error and a note on how it was modelled. Nothing is tuned per
 entry; a figure the simulator cannot reproduce gets a row that says why, not a number.
@@ -78,9 +78,13 @@ _HANDLERS: list[tuple[re.Pattern[str], Handler]] = [
 ]
 
 
+SHIPPED = Path(__file__).resolve().parent / "measurements.yaml"
+
+
 def default_data_path() -> Path:
-    """`shared/data/measurements-dev.yaml` beside the checkout (../shared from the root)."""
-    return Path(__file__).resolve().parents[3] / "shared" / "data" / "measurements-dev.yaml"
+    """The measurements that ship with llmsim (derived from the developers' published
+    measurements by bench/derive_measurements.py, each entry with its source)."""
+    return SHIPPED
 
 
 def load_measurements(path: Path) -> list[Any]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sim.arith.memory import kv_bytes_per_token
 from sim.arith.ops import layer_plan
@@ -80,6 +80,9 @@ class StagePlan:
     devices: tuple[int, ...]
     cost: StageCost  # shared with other replicas' stages of the same cost
     links: tuple[Edge, ...]  # what the group's TP collectives occupy
+    # Those of `links` some other transfer or collective of the deployment may also
+    # cross: the stage holds them while its collectives run (the others cannot contend).
+    shared: tuple[Edge, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -166,10 +169,39 @@ def deploy(s: Scenario) -> Deployment:
     net = Network()
     if s.disaggregation is None:
         replicas = plan_replicas(s, cluster, net)
-        return Deployment(s, precision, tuple(replicas), tuple(range(len(replicas))), net.specs)
+        front = tuple(range(len(replicas)))
+        return Deployment(s, precision, _mark_shared(s, replicas, None), front, net.specs)
     prefill, decode, dis = _disaggregated(s, cluster, net)
     front = tuple(range(len(prefill)))
-    return Deployment(s, precision, (*prefill, *decode), front, net.specs, dis)
+    both = _mark_shared(s, [*prefill, *decode], dis)
+    return Deployment(s, precision, both, front, net.specs, dis)
+
+
+def _mark_shared(
+    s: Scenario, replicas: Sequence[ReplicaPlan], dis: Disaggregation | None
+) -> tuple[ReplicaPlan, ...]:
+    """Each stage's collective links that another user of the deployment also crosses
+    (a pipeline send, a swap, a KV move, an offload stream, another group's
+    collectives): only those can make traffic queue."""
+    swaps = getattr(s.scheduler.policy_params(), "preemption", "recompute") == "swap"
+    users: Counter[Edge] = Counter()
+    for rep in replicas:
+        for stage in rep.stages:
+            users.update(set(stage.links))
+        for path in (*rep.sends, *((rep.host,) if swaps else ())):
+            users.update(set(path.edges))
+        if rep.offload is not None:
+            users.update(set(rep.offload.streams.values()))
+    if dis is not None:
+        for kv in dis.paths.values():
+            users.update(set(kv.edges))
+    out = []
+    for rep in replicas:
+        stages = tuple(
+            replace(st, shared=tuple(e for e in st.links if users[e] > 1)) for st in rep.stages
+        )
+        out.append(replace(rep, stages=stages))
+    return tuple(out)
 
 
 def _stage_cost_key(layout: Layout | None) -> tuple[float, ...]:

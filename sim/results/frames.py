@@ -42,7 +42,9 @@ def device_frame(run: RunRecords) -> pd.DataFrame:
                         "comm_s": used.comm_s,
                         "utilization": used.busy_s / end_s if end_s > 0 else 0.0,
                         "flops": used.flops,
-                        "mfu": used.flops / (end_s * peak) if end_s > 0 else 0.0,
+                        "model_flops": used.model_flops,
+                        "mfu": used.model_flops / (end_s * peak) if end_s > 0 else 0.0,
+                        "hfu": used.flops / (end_s * peak) if end_s > 0 else 0.0,
                         "hbm_bytes": used.bytes,
                         "mbu": used.bytes / (end_s * device.memory_bandwidth_bytes_per_s)
                         if end_s > 0

@@ -86,7 +86,8 @@ def summary_table(s: Summary) -> str:
         f"simulated {s.span_s:,.1f} s: {(s.throughput_rps or 0):,.3f} req/s, "
         f"{(s.output_tokens_per_s or 0):,.1f} output tok/s, "
         f"{(s.total_tokens_per_s or 0):,.1f} total tok/s",
-        f"MFU {s.mfu:.1%}, HBM bandwidth {s.mbu:.1%}, device busy {s.device_utilization:.1%}, "
+        f"MFU {s.mfu:.1%} (HFU {s.hfu:.1%}), HBM bandwidth {s.mbu:.1%}, "
+        f"device busy {s.device_utilization:.1%}, "
         f"KV in use {s.kv_utilization:.1%} (peak {s.kv_utilization_peak:.1%})",
     ]
     lines += latency_table(s)

@@ -1,8 +1,10 @@
 """The summary of a run: a typed record computed from the run's records alone.
 
 Throughput counts finished requests over the simulated span (first arrival to last
-event). MFU is model FLOPs over (span × peak FLOP/s) averaged over the devices in use;
-bandwidth utilisation likewise with HBM bytes. KV utilisation is the time-weighted share
+event). MFU is the model's useful FLOPs (real tokens, each computed once) over (span ×
+peak FLOP/s), averaged over the devices in use; HFU counts every FLOP the devices ran,
+padding and recomputation after preemption included; bandwidth utilisation is HBM
+bytes over span × bandwidth. KV utilisation is the time-weighted share
 of KV blocks in use, averaged over engines. The bubble fraction is the share of stage
 time left idle while a replica had a step in flight. Latencies and SLOs: sim.results.slo.
 
@@ -68,7 +70,8 @@ class Summary:
     e2e_s: LatencyStats
     queue_s: LatencyStats
     preemptions: int
-    mfu: float
+    mfu: float  # model FLOPs: the useful ones
+    hfu: float  # hardware FLOPs: padding and recomputation included
     mbu: float
     kv_utilization: float
     kv_utilization_peak: float
@@ -180,6 +183,7 @@ def summarize(
         queue_s=LatencyStats.of(lat["queue_s"]),
         preemptions=int(requests["preemptions"].sum()),
         mfu=_mean(devices, "mfu"),
+        hfu=_mean(devices, "hfu"),
         mbu=_mean(devices, "mbu"),
         kv_utilization=recorder.kv_share_seconds / (span * max(len(recorder.engines), 1))
         if span > 0

@@ -105,8 +105,9 @@ class StaticPolicy(BatchingPolicy):
         if self.params.padding == "padded":
             real = sum(r.prompt for r in batch)
             step.pad_prefill_tokens = len(batch) * longest_prompt - real
-            step.pad_prefill_pairs = len(batch) * causal_pairs(longest_prompt, 0) - sum(
-                causal_pairs(r.prompt, 0) for r in batch
+            window = st.window
+            step.pad_prefill_pairs = len(batch) * causal_pairs(longest_prompt, 0, window) - sum(
+                causal_pairs(r.prompt, 0, window) for r in batch
             )
         return step
 
