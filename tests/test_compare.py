@@ -18,7 +18,14 @@ import yaml
 
 from sim.cli.main import main
 from sim.errors import LlmsimError
-from sim.studies.compare import default_window
+from sim.studies.compare import (
+    GANTT_ROWS,
+    default_window,
+    gantt_rows,
+    gantt_windows,
+    replica_layout,
+    run_variants,
+)
 from sim.studies.variants import VaryAxis, expand, parse_vary, parse_window, split_top_level
 from tests.cli_helpers import run_cli
 
@@ -131,6 +138,45 @@ def test_window_parsing_and_default():
     assert default_window(stages.head(0), 40) is None
 
 
+def test_gantt_windows_share_one_length():
+    # Two variants whose runs differ in length and pace: one stage execution every
+    # 10 ms for 1 s, and one every 50 ms for 20 s. Their own windows (40 executions
+    # around the middle) differ five-fold; the panels get the longer length, each from
+    # its own start, so equal lengths on the time axis are equal times.
+    fast = pd.DataFrame({"start_s": [i * 0.01 for i in range(100)]})
+    fast["end_s"] = fast["start_s"] + 0.008
+    slow = pd.DataFrame({"start_s": [i * 0.05 for i in range(400)]})
+    slow["end_s"] = slow["start_s"] + 0.04
+    own = [default_window(fast), default_window(slow), None]
+    assert own[0] is not None and own[1] is not None
+    assert own[1][1] - own[1][0] > 4 * (own[0][1] - own[0][0])
+    windows = gantt_windows(own)
+    lengths = [w[1] - w[0] for w in windows if w is not None]
+    assert lengths == pytest.approx([own[1][1] - own[1][0]] * 2)
+    assert [w[0] for w in windows if w is not None] == [own[0][0], own[1][0]]
+    assert windows[2] is None  # a failed variant has no window
+    # A given window (--window, compare.window_s) is the same absolute one for all.
+    assert gantt_windows(own, (1.0, 1.5)) == [(1.0, 1.5), (1.0, 1.5), None]
+
+
+def test_gantt_rows_cap_keeps_both_pools():
+    colocated = [(r, "both", 2) for r in range(3)]
+    rows, hidden = gantt_rows(colocated)
+    assert rows == [(r, s, "both") for r in range(3) for s in range(2)] and hidden == 0
+    # 12 prefill replicas (pp 1) and 6 decode replicas (pp 2): 24 rows, 16 drawn, and
+    # the decode pool is among them though its replicas come last.
+    layout = [(r, "prefill", 1) for r in range(12)] + [(12 + r, "decode", 2) for r in range(6)]
+    rows, hidden = gantt_rows(layout)
+    assert len(rows) == GANTT_ROWS and hidden == 24 - GANTT_ROWS
+    assert {role for _, _, role in rows} == {"prefill", "decode"}
+    assert rows == sorted(rows)
+    decode = [(r, s) for r, s, role in rows if role == "decode"]
+    assert {s for _, s in decode} == {0, 1}  # whole replicas: every stage
+    # A replica deeper than the cap shows its first stages.
+    rows, hidden = gantt_rows([(0, "both", 20)], cap=16)
+    assert rows == [(0, s, "both") for s in range(16)] and hidden == 4
+
+
 # ------------------------------------------------------------------ compare runs
 
 
@@ -175,6 +221,13 @@ def test_compare_two_by_two_in_order(two_by_two):
         assert v["summary"]["finished"] == 20
     assert len(doc["variants"][0]["summary"]["stage_utilization"]) == 1
     assert len(doc["variants"][2]["summary"]["stage_utilization"]) == 2
+
+
+def test_compare_panels_share_one_window_length(two_by_two):
+    _, stdout = two_by_two
+    windows = [v["gantt_window_s"] for v in json.loads(stdout)["variants"]]
+    lengths = [end - start for start, end in windows]
+    assert lengths == pytest.approx([lengths[0]] * 4) and lengths[0] > 0
 
 
 def test_compare_writes_files(two_by_two):
@@ -258,9 +311,51 @@ def test_bad_vary_on_the_command_line(capsys, tmp_path):
     assert err.startswith("llmsim: error: --vary: ") and err.count("\n") == 1
 
 
-def test_process_pool_matches_in_process(tmp_path):
-    from sim.studies.compare import run_variants
+def test_disaggregated_compare_draws_both_pools(tmp_path):
+    from sim.plan import load_scenario
+    from sim.studies.compare import to_json, write_outputs
 
+    path = small(tmp_path)
+    dis = "{prefill: {replicas: 1}, decode: {replicas: 1, pp: 2}}"
+    variants = expand([parse_vary(f"disaggregation=null,{dis}")])
+    assert replica_layout(load_scenario(path, variants[1].overrides)) == [
+        (0, "prefill", 1),
+        (1, "decode", 2),
+    ]
+    # A window while requests arrive (the first 5 s) holds work of both pools.
+    colocated, split = run_variants(path, variants, jobs=1, window_s=(1.0, 3.0))
+    assert colocated.lanes == ((0, 0, "both"),)
+    assert split.lanes == ((0, 0, "prefill"), (1, 0, "decode"), (1, 1, "decode"))
+    assert split.gantt is not None and split.window_s == (1.0, 3.0)
+    drawn = set(zip(split.gantt["replica"], split.gantt["stage"], strict=True))
+    assert drawn == {(0, 0), (1, 0), (1, 1)}
+    out = tmp_path / "out"
+    written = write_outputs([colocated, split], out, to_json([colocated, split], "s", []))
+    assert (out / "gantt.png").read_bytes().startswith(PNG_MAGIC)
+    assert out / "gantt.png" in written.files
+
+
+def test_compare_progress_on_draws_a_bar(capsys, tmp_path):
+    code, out, err = run_cli(
+        capsys,
+        "compare",
+        str(small(tmp_path)),
+        "--vary",
+        "parallel.pp=1,2",
+        "--set",
+        "workload.requests=6",
+        "--jobs",
+        "1",
+        "--progress",
+        "on",
+        "--out",
+        str(tmp_path / "out"),
+    )
+    assert code == 0 and "2 variant(s)" in out
+    assert "compare" in err and "2/2" in err and "variant" in err
+
+
+def test_process_pool_matches_in_process(tmp_path):
     variants = expand([parse_vary("parallel.pp=1,2"), parse_vary("scheduler.policy=vllm,orca")])
     path = small(tmp_path)
     one = run_variants(path, variants, jobs=1)

@@ -207,3 +207,17 @@ def test_cli_capacity_bad_input_is_one_line(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "slo: capacity needs an SLO" in err
     assert main(["capacity", str(path), "--loads", "a,b"]) == 2
     assert "--loads" in capsys.readouterr().err
+
+
+def test_cli_capacity_progress_on_draws_a_bar(tmp_path, capsys):
+    path = tmp_path / "fixed.yaml"
+    path.write_text(yaml.safe_dump(fixed_service(rate=10.0, e2e_s=0.1, requests=40)))
+    args = ["capacity", str(path), "--seeds", "1", "--tolerance", "0.2", "--loads", "1"]
+    assert main([*args, "--out", str(tmp_path / "cap"), "--progress", "on"]) == 0
+    out = capsys.readouterr()
+    assert "capacity of quickstart" in out.out
+    # the search's length is not known in advance: the bar counts runs and names the phase
+    assert "capacity: bisect" in out.err and "run" in out.err
+    assert "capacity: curve" in out.err
+    assert main([*args, "--out", str(tmp_path / "cap2"), "--progress", "off"]) == 0
+    assert capsys.readouterr().err == ""

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from sim.cli.options import add_overrides
+from sim.cli.options import add_overrides, add_progress, progress_flag
 from sim.errors import LlmsimError
 from sim.results.table import aligned, fmt_num
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from sim.studies.capacity import CapacityResult, Probe
+    from sim.studies.capacity import CapacityResult
 
 
 def setup(sub: argparse._SubParsersAction) -> None:
@@ -46,6 +45,7 @@ def setup(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=int, default=1, help="worker processes (1)")
     p.add_argument("--out", help="output directory (default results/capacity-<name>)")
     p.add_argument("--json", action="store_true", help="print capacity.json's object")
+    add_progress(p)
     p.set_defaults(func=run)
 
 
@@ -70,7 +70,6 @@ def run(ns: argparse.Namespace) -> int:
 
     scenario = load_scenario(ns.scenario, ns.overrides)
     loads = _loads(ns.loads)
-    live = sys.stderr.isatty() and not ns.json
     result = capacity(
         scenario,
         target=ns.target,
@@ -81,7 +80,7 @@ def run(ns: argparse.Namespace) -> int:
         max_probes=ns.max_probes,
         jobs=ns.jobs,
         loads=loads,
-        on_probe=(lambda p: print(_probe_line(p), file=sys.stderr)) if live else None,
+        progress=progress_flag(ns.progress),
     )
     out = Path(ns.out or f"results/capacity-{scenario.name}")
     document = summary_json(result.to_dict())
@@ -128,11 +127,6 @@ def scenario_slo_text(scenario: Any) -> str:
 
 def _ms(v: float) -> str:
     return f"{v:g} s" if v >= 1 else f"{v * 1e3:g} ms"
-
-
-def _probe_line(p: Probe) -> str:
-    verdict = "pass" if p.passed else "fail"
-    return f"probe {p.rate_rps:,.4g} req/s: attainment {p.attainment:.4f} ({verdict})"
 
 
 def report(r: CapacityResult, slo_text: str) -> str:

@@ -4,10 +4,9 @@ compare.json, compare.csv, a Gantt chart and metric bar charts (and traces)."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from sim.cli.options import EXIT_BAD_INPUT, add_overrides
+from sim.cli.options import EXIT_BAD_INPUT, add_overrides, add_progress, progress_flag
 from sim.errors import LlmsimError
 
 
@@ -18,8 +17,9 @@ def setup(sub: argparse._SubParsersAction) -> None:
         description="Run variants of one scenario side by side, each the scenario with some\n"
         "keys changed, in parallel processes. Prints one table (throughput, TTFT and TPOT\n"
         "percentiles, bubble fraction, per-stage utilisation, link use, peak memory) and\n"
-        "writes compare.json, compare.csv, gantt.png (stages × time per variant) and\n"
-        "metrics.png to --out. Without --vary, the scenario's compare.vary list is used.",
+        "writes compare.json, compare.csv, gantt.png (each replica's stages × time per\n"
+        "variant, one time axis for all) and metrics.png to --out. Without --vary, the\n"
+        "scenario's compare.vary list is used.",
         epilog="examples:\n"
         "  llmsim compare s.yaml --vary parallel.pipeline.schedule=fill-drain,continuous\n"
         "  llmsim compare s.yaml --vary 'scheduler={policy: vllm},{policy: sarathi}'\n"
@@ -49,14 +49,16 @@ def setup(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--window",
         metavar="START:END",
-        help="Gantt window in simulated seconds (default: the scenario's compare.window_s, "
-        "else about 40 stage executions around the middle of each run)",
+        help="Gantt window in simulated seconds, the same for every variant (default: the "
+        "scenario's compare.window_s, else one length for all: the longest of the variants' "
+        "windows of about 40 stage executions per replica around the middle of the run)",
     )
     p.add_argument(
         "--trace",
         action="store_true",
         help="also write a Chrome/Perfetto trace per variant (trace-<#>.json)",
     )
+    add_progress(p)
     p.set_defaults(func=run)
 
 
@@ -64,7 +66,7 @@ def run(ns: argparse.Namespace) -> int:
     # the library loads when the command runs (start-up time: see sim.cli.main)
     from sim.plan import load_scenario
     from sim.spec.scenario import Scenario
-    from sim.studies.compare import VariantResult, run_variants, table, to_json, write_outputs
+    from sim.studies.compare import run_variants, table, to_json, write_outputs
     from sim.studies.variants import expand, parse_vary, parse_window
 
     axes = [parse_vary(spec, "--vary") for spec in ns.vary]
@@ -95,19 +97,6 @@ def run(ns: argparse.Namespace) -> int:
     name = base.name if base is not None else Path(ns.scenario).stem
     out = Path(ns.out or f"results/compare-{name}")
 
-    show = sys.stderr.isatty() and not ns.json
-    total = len(variants)
-    count = [0]
-
-    def on_done(result: VariantResult) -> None:
-        count[0] += 1
-        if show:
-            state = f"{result.wall_s:.1f} s" if result.ok else "failed"
-            print(
-                f"[{count[0]}/{total}] #{result.variant.index} {result.variant.label}: {state}",
-                file=sys.stderr,
-            )
-
     results = run_variants(
         ns.scenario,
         variants,
@@ -115,7 +104,7 @@ def run(ns: argparse.Namespace) -> int:
         jobs=ns.jobs,
         window_s=window,
         trace_dir=out if ns.trace else None,
-        on_done=on_done,
+        progress=progress_flag(ns.progress),
     )
     document = to_json(results, name, vary, ns.overrides)
     try:
@@ -127,7 +116,7 @@ def run(ns: argparse.Namespace) -> int:
 
         print_json(document)
     else:
-        print(f"scenario {name}: {total} variant(s)\n")
+        print(f"scenario {name}: {len(variants)} variant(s)\n")
         print(table(results))
         print(f"\nresults in {written.out_dir}: " + ", ".join(f.name for f in written.files))
     return 0 if any(r.ok for r in results) else EXIT_BAD_INPUT

@@ -48,12 +48,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
 from sim.errors import LlmsimError
+from sim.progress import Progress
 from sim.results.slo import class_slos
 from sim.results.table import json_safe
 from sim.spec.scenario import Scenario
@@ -64,8 +66,8 @@ from sim.studies.probes import (
     _check_options,
     _curve,
     _Point,
-    _run_point,
     base_rate_rps,
+    run_points,
 )
 
 DEFAULT_LOADS = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25)
@@ -169,13 +171,17 @@ def capacity(
     jobs: int = 1,
     loads: Sequence[float] = DEFAULT_LOADS,
     on_probe: Callable[[Probe], None] | None = None,
+    progress: bool | None = False,
 ) -> CapacityResult:
     """The highest arrival rate at which mean attainment over `seeds` seeds stays at or
     above `target`, found by bracketing then bisection to a relative `tolerance`, with
     its confidence interval and, at `loads` × capacity, a throughput–latency curve.
 
     `max_probes` caps the loads tried by the search (not counting the curve); a search
-    cut short says so in `note` and `converged`. `on_probe` sees each probe as it ends."""
+    cut short says so in `note` and `converged`. `on_probe` sees each probe as it ends.
+    `progress` draws a bar (None: on a terminal only) counting the runs (the search's
+    length is not known in advance), with the phase running and the last probe's
+    verdict beside the count."""
     check_slo(scenario)
     _check_options(target, seeds, warmup, drain, tolerance)
     if max_probes < 2:
@@ -183,14 +189,18 @@ def capacity(
     base = base_rate_rps(scenario)
     seed_list = tuple(scenario.seed + i for i in range(seeds))
     probes: list[Probe] = []
+    bar = Progress(None, "capacity", "run", progress)
 
-    with Pool(jobs) as pool:
+    with closing(bar), Pool(jobs) as pool:
 
         def probe(factor: float, phase: str) -> Probe:
             rate = base * factor
+            bar.describe(desc=f"capacity: {phase}")
             points = [_Point(scenario, factor, rate, s, warmup, drain) for s in seed_list]
-            p = Probe(factor, rate, tuple(pool.map(_run_point, points)), target, phase)
+            p = Probe(factor, rate, tuple(run_points(pool, points, bar)), target, phase)
             probes.append(p)
+            verdict = "pass" if p.passed else "fail"
+            bar.describe(postfix=f"{rate:,.4g} req/s {verdict} ({p.attainment:.3f})")
             if on_probe is not None:
                 on_probe(p)
             return p
@@ -209,7 +219,9 @@ def capacity(
         if converged and lo is not None and hi is not None:
             _widen(probe, probes, lo, hi, tolerance)
         cap_factor = lo.factor if lo is not None else (hi.factor if hi is not None else 1.0)
-        curve = _curve(pool, scenario, base, cap_factor, loads, seed_list, warmup, drain, target)
+        curve = _curve(
+            pool, scenario, base, cap_factor, loads, seed_list, warmup, drain, target, bar
+        )
 
     interval = _interval(probes, lo, hi)
     first = probes[0].runs[0]

@@ -21,26 +21,76 @@ import pandas as pd
 
 from sim.errors import LlmsimError
 from sim.plan import load_scenario
+from sim.progress import Progress
 from sim.results import plots
 from sim.results.run import simulate
 from sim.results.summary import Summary
 from sim.results.table import aligned, fmt_num, json_safe
 from sim.results.trace import write_trace
+from sim.spec.scenario import Scenario
 from sim.studies.pool import Pool, check_jobs, default_jobs
 from sim.studies.variants import Variant
 
-GANTT_EXECUTIONS = 40  # stage executions the default Gantt window shows
+GANTT_EXECUTIONS = 40  # stage executions per replica drawn that a default window shows
+GANTT_ROWS = 16  # (replica, stage) rows a Gantt panel draws at most
+GANTT_KEEP = 20_000  # stage executions a variant keeps for its panel, from its window on
 
 
 # ------------------------------------------------------------------------ running
 
 
-def gantt_replica(stages: pd.DataFrame) -> pd.DataFrame:
-    """The executions the Gantt chart draws: replica 0's (when there are several)."""
+def replica_layout(scenario: Scenario) -> list[tuple[int, str, int]]:
+    """`(replica, role, stages)` of every replica in index order; role is "both" for a
+    colocated replica, else "prefill" or "decode" (the prefill pool comes first)."""
+    dis = scenario.disaggregation
+    if dis is None:
+        return [(r, "both", scenario.parallel.pp) for r in range(scenario.parallel.replicas)]
+    pools = [("prefill", dis.prefill), ("decode", dis.decode)]
+    roles = [(role, pool.pp) for role, pool in pools for _ in range(pool.replicas)]
+    return [(r, role, pp) for r, (role, pp) in enumerate(roles)]
+
+
+def gantt_rows(
+    layout: Sequence[tuple[int, str, int]], cap: int = GANTT_ROWS
+) -> tuple[list[tuple[int, int, str]], int]:
+    """The `(replica, stage, role)` rows a Gantt panel draws, in replica and stage order,
+    and how many it leaves out. Whole replicas are taken a pool at a time in turn (the
+    prefill and decode pools of a disaggregated run both show) while `cap` rows hold
+    them; a first replica with more stages than its pool's share shows its first ones."""
+    pools: dict[str, list[tuple[int, int]]] = {}
+    for replica, role, stages in layout:
+        pools.setdefault(role, []).append((replica, stages))
+    total = sum(stages for _, _, stages in layout)
+    share = max(1, cap // max(len(pools), 1))
+    chosen: list[tuple[int, int, str]] = []
+    first = True
+    while len(chosen) < cap:
+        took = False
+        for role, queue in pools.items():
+            room = cap - len(chosen)
+            if not queue or room <= 0:
+                continue
+            replica, stages = queue[0]
+            if stages > room and not first:
+                continue
+            queue.pop(0)
+            shown = min(stages, room, share) if first and stages > share else stages
+            chosen.extend((replica, s, role) for s in range(shown))
+            took = True
+        first = False
+        if not took:
+            break
+    chosen.sort()
+    return chosen, total - len(chosen)
+
+
+def lane_rows(stages: pd.DataFrame, lanes: Sequence[tuple[int, int, str]]) -> pd.DataFrame:
+    """The executions of the drawn rows."""
     if len(stages) == 0:
         return stages
-    first = int(stages["replica"].min())
-    return stages[stages["replica"] == first]
+    wanted = pd.MultiIndex.from_tuples([(r, s) for r, s, _ in lanes])
+    keys = pd.MultiIndex.from_arrays([stages["replica"], stages["stage"]])
+    return stages[keys.isin(wanted)]
 
 
 def default_window(stages: pd.DataFrame, n: int = GANTT_EXECUTIONS) -> tuple[float, float] | None:
@@ -54,10 +104,35 @@ def default_window(stages: pd.DataFrame, n: int = GANTT_EXECUTIONS) -> tuple[flo
     return float(chosen["start_s"].min()), float(chosen["end_s"].max())
 
 
+def gantt_windows(
+    own: Sequence[tuple[float, float] | None], given: tuple[float, float] | None = None
+) -> list[tuple[float, float] | None]:
+    """The window each variant's panel shows, one length for all so the panels compare
+    by eye: the `given` window as it is for every variant, else the longest of the
+    variants' own windows, each from its own window's start (None stays None: a failed
+    variant, or one without stage executions)."""
+    if given is not None:
+        return [None if w is None else given for w in own]
+    length = max((w[1] - w[0] for w in own if w is not None), default=0.0)
+    return [None if w is None else (w[0], w[0] + length) for w in own]
+
+
 def window_rows(stages: pd.DataFrame, window: tuple[float, float]) -> pd.DataFrame:
     """Executions that overlap the window."""
     mask = (stages["end_s"] > window[0]) & (stages["start_s"] < window[1])
     return stages[mask].reset_index(drop=True)
+
+
+def rows_from(
+    stages: pd.DataFrame, start_s: float, keep: int = GANTT_KEEP
+) -> tuple[pd.DataFrame, float | None]:
+    """The first `keep` executions (by start) that end after `start_s`, and the start of
+    the first one left out (None when none was): the rows any window from `start_s`
+    may need, without carrying a long run's whole timeline out of its worker."""
+    rows = stages[stages["end_s"] > start_s].sort_values("start_s", kind="stable")
+    if len(rows) <= keep:
+        return rows.reset_index(drop=True), None
+    return rows.iloc[:keep].reset_index(drop=True), float(rows["start_s"].iloc[keep])
 
 
 @dataclass
@@ -68,8 +143,11 @@ class VariantResult:
     summary: Summary | None = None
     error: str | None = None
     gantt: pd.DataFrame | None = None  # the Gantt window's executions
-    window_s: tuple[float, float] | None = None
-    n_stages: int = 0
+    window_s: tuple[float, float] | None = None  # the Gantt window
+    window_given: bool = False  # by the caller (else the shared default length)
+    lanes: tuple[tuple[int, int, str], ...] = ()  # (replica, stage, role) rows drawn
+    hidden_rows: int = 0  # rows left out of the Gantt panel
+    kept_until_s: float | None = None  # executions starting from here on were not kept
     replicas: int = 0
     wall_s: float = 0.0
     trace: str | None = None
@@ -77,6 +155,11 @@ class VariantResult:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def n_stages(self) -> int:
+        """Stages of the deepest replica drawn."""
+        return max((s + 1 for _, s, _ in self.lanes), default=0)
 
     def metric(self, name: str) -> Any:
         """One figure of the summary by dotted name (None when the variant failed)."""
@@ -109,7 +192,9 @@ class _Task:
 
 
 def run_variant(task: _Task) -> VariantResult:
-    """Load and simulate one variant (a module-level function: it runs in a worker)."""
+    """Load and simulate one variant (a module-level function: it runs in a worker).
+    Its Gantt window is its own (the given one, or its default); `run_variants` then
+    gives every variant the same length."""
     result = VariantResult(task.variant)
     try:
         scenario = load_scenario(task.source, [*task.variant.overrides, *task.sets])
@@ -119,13 +204,17 @@ def run_variant(task: _Task) -> VariantResult:
         return result
     result.summary = results.summary
     result.wall_s = results.wall_s
-    result.replicas = scenario.parallel.replicas
-    rows = gantt_replica(results.stages)
-    result.n_stages = max(scenario.parallel.pp, int(rows["stage"].max()) + 1 if len(rows) else 0)
-    window = task.window_s or default_window(rows)
+    layout = replica_layout(scenario)
+    result.replicas = len(layout)
+    lanes, result.hidden_rows = gantt_rows(layout)
+    result.lanes = tuple(lanes)
+    rows = lane_rows(results.stages, lanes)
+    drawn_replicas = len({r for r, _, _ in lanes})
+    window = task.window_s or default_window(rows, GANTT_EXECUTIONS * drawn_replicas)
+    result.window_given = task.window_s is not None
     if window is not None:
         result.window_s = window
-        result.gantt = window_rows(rows, window)
+        result.gantt, result.kept_until_s = rows_from(rows, window[0])
     if task.trace_dir is not None:
         path = Path(task.trace_dir) / f"trace-{task.variant.index}.json"
         write_trace(results, path)
@@ -142,9 +231,12 @@ def run_variants(
     window_s: tuple[float, float] | None = None,
     trace_dir: str | Path | None = None,
     on_done: Callable[[VariantResult], None] | None = None,
+    progress: bool | None = False,
 ) -> list[VariantResult]:
     """Simulate each variant; `jobs` worker processes (1: in this process). The list
-    is in the variants' order whatever order they finish in."""
+    is in the variants' order whatever order they finish in. Every Gantt window has
+    one length (`gantt_windows`). `progress` draws a bar over the variants (None: on a
+    terminal only); `on_done` sees each variant as it finishes."""
     check_jobs(jobs)
     src: str | dict[str, Any] = str(source) if isinstance(source, Path) else source
     tdir = str(trace_dir) if trace_dir is not None else None
@@ -153,12 +245,25 @@ def run_variants(
     tasks = [_Task(src, v, tuple(sets), window_s, tdir) for v in variants]
     workers = min(default_jobs(len(tasks)) if jobs is None else jobs, max(len(tasks), 1))
     results: list[VariantResult | None] = [None] * len(tasks)
-    with Pool(workers) as pool:
-        for i, done in pool.as_completed(run_variant, tasks):
-            results[i] = done
-            if on_done:
-                on_done(done)
-    return [r for r in results if r is not None]
+    bar = Progress(len(tasks), "compare", "variant", progress)
+    try:
+        with Pool(workers) as pool:
+            for i, done in pool.as_completed(run_variant, tasks):
+                results[i] = done
+                state = f"{done.wall_s:.1f} s" if done.ok else "failed"
+                bar.describe(postfix=f"#{done.variant.index} {state}")
+                bar.advance()
+                if on_done:
+                    on_done(done)
+    finally:
+        bar.close()
+    finished = [r for r in results if r is not None]
+    windows = gantt_windows([r.window_s for r in finished], window_s)
+    for r, window in zip(finished, windows, strict=True):
+        if window is not None and r.gantt is not None:
+            r.window_s = window
+            r.gantt = window_rows(r.gantt, window)
+    return finished
 
 
 # ------------------------------------------------------------------------ reporting
@@ -294,13 +399,15 @@ def write_outputs(
             label=f"#{r.variant.index} {r.variant.label}",
             stages=r.gantt,
             window_s=r.window_s,
-            n_stages=r.n_stages,
+            rows=r.lanes,
+            hidden_rows=r.hidden_rows,
             error=r.error,
-            note="replica 0" if r.replicas > 1 else "",
+            note=_panel_note(r),
         )
         for r in results
     ]
-    written.files.append(plots.gantt(panels, out / "gantt.png", title=title))
+    path = plots.gantt(panels, out / "gantt.png", title=title, window_note=window_note(results))
+    written.files.append(path)
     metrics = {
         "throughput (req/s)": [_scaled(r.metric("throughput_rps"), 1) for r in results],
         "TTFT p99 (ms)": [_scaled(r.metric("ttft_s.p99"), 1e3) for r in results],
@@ -313,6 +420,33 @@ def write_outputs(
     written.files.append(plots.metric_bars(labels, metrics, out / "metrics.png", title=bars_title))
     written.files.extend(Path(r.trace) for r in results if r.trace)
     return written
+
+
+def window_note(results: Sequence[VariantResult]) -> str:
+    """What the Gantt chart's windows are, for its caption."""
+    windows = [r.window_s for r in results if r.ok and r.window_s is not None]
+    if not windows:
+        return ""
+    if any(r.window_given for r in results):
+        t0, t1 = windows[0]
+        return (
+            f"Window: {t0:.3f} s – {t1:.3f} s of simulated time, the same for every variant "
+            "(given by --window or the scenario's compare.window_s)."
+        )
+    length = windows[0][1] - windows[0][0]
+    return (
+        f"Window: {length * 1e3:,.1f} ms for every variant, each from its own start (in its "
+        "title), so a length on the time axis is the same time in every panel; the length "
+        f"is the longest of the variants' own windows (about {GANTT_EXECUTIONS} stage "
+        "executions per replica drawn, around the middle of the run)."
+    )
+
+
+def _panel_note(r: VariantResult) -> str:
+    until = r.kept_until_s
+    if until is not None and r.window_s is not None and r.window_s[1] > until:
+        return f"executions from {until:.3f} s on not drawn: more than {GANTT_KEEP:,} kept"
+    return ""
 
 
 def _scaled(v: float | None, k: float) -> float | None:

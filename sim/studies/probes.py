@@ -17,6 +17,7 @@ import pandas as pd
 from scipy.stats import t as student_t
 
 from sim.errors import LlmsimError
+from sim.progress import Progress
 from sim.results.run import Results, simulate
 from sim.results.slo import latency_columns, meets_class_slos, quantiles
 from sim.spec.scenario import Scenario
@@ -132,6 +133,18 @@ def _run_point(point: _Point) -> RunMetrics:
     return run_metrics(results, point.rate_rps, point.warmup, point.drain)
 
 
+def run_points(
+    pool: Pool, points: Sequence[_Point], bar: Progress | None = None
+) -> list[RunMetrics]:
+    """Every point's run, in the points' order; `bar` moves on as each run ends."""
+    runs: list[RunMetrics | None] = [None] * len(points)
+    for i, metrics in pool.as_completed(_run_point, points):
+        runs[i] = metrics
+        if bar is not None:
+            bar.advance()
+    return [r for r in runs if r is not None]
+
+
 def _mean(values: Sequence[float | None]) -> float | None:
     kept = [v for v in values if v is not None]
     return float(np.mean(kept)) if kept else None
@@ -219,10 +232,13 @@ def _curve(
     warmup: float,
     drain: float,
     target: float,
+    bar: Progress | None = None,
 ) -> pd.DataFrame:
     factors = [cap_factor * load for load in loads if load > 0]
     points = [_Point(scenario, f, base * f, s, warmup, drain) for f in factors for s in seeds]
-    runs = pool.map(_run_point, points)
+    if bar is not None and points:
+        bar.describe(desc="capacity: curve")
+    runs = run_points(pool, points, bar)
     k = len(seeds)
     probes = [
         Probe(f, base * f, tuple(runs[i * k : (i + 1) * k]), target) for i, f in enumerate(factors)
