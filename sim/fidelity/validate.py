@@ -2,10 +2,11 @@
 
 `validate()` reads a measurements file (by default the one that ships in this package,
 `sim/fidelity/measurements.yaml`: entries with an id, model, hardware, precision,
-workload, metric, value and source), rebuilds every setup it knows how to reproduce as a scenario, runs it
-through the same `simulate()` users call, and returns one `Row` per compared figure:
-measured, simulated, unit, error and a note on how it was modelled. Nothing is tuned per
-entry; a figure the simulator cannot reproduce gets a row that says why, not a number.
+workload, metric, value and source), rebuilds every setup it knows how to reproduce as a
+scenario, runs it through the same `simulate()` users call, and returns one `Row` per
+compared figure: measured, simulated, unit, error and a note on how it was modelled.
+Nothing is tuned per entry; a figure the simulator cannot reproduce gets a row that says
+why, not a number.
 
 What is modelled (docs/fidelity.md gives the reasoning):
 - gpt-fast batch-1 decode (`gptfast_*`): one request with the source's 5-token prompt and
