@@ -9,7 +9,7 @@ import pytest
 from sim.arith.memory import layers_per_stage
 from sim.arith.precision import Precision
 from sim.errors import LlmsimError
-from sim.plan.analyze import analyze
+from sim.plan.analyze import analyze, analyze_scenario
 from tests.cli_helpers import run_cli
 
 REQUIRED_KEYS = {
@@ -223,3 +223,77 @@ def test_pipeline_weights_match_the_engine(model):
     assert weight_bytes_per_device(s.model, 2, 3, precision) == pytest.approx(
         max(sizes.weight_bytes), rel=1e-12
     )
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [["--model", "llama-2-70b"], ["--hardware", "h100-sxm"], ["--model", "x", "--hardware", "y"]],
+)
+def test_a_scenario_with_model_or_hardware_is_an_error(capsys, extra):
+    """--model/--hardware beside a scenario were silently ignored."""
+    code, out, err = run_cli(capsys, "analyze", "scenarios/quickstart.yaml", *extra)
+    assert code == 2 and out == ""
+    assert err.startswith("llmsim: error: give a scenario or --") and err.count("\n") == 1
+    assert "not both" in err
+
+
+def test_tp_beyond_the_node_names_the_node_and_its_devices(capsys):
+    code, _, err = run_cli(
+        capsys, "analyze", "--model", "llama-2-7b", "--hardware", "dgx-a100", "--tp", "16"
+    )
+    assert code == 2 and err.count("\n") == 1
+    assert (
+        "tp: tp × pp = 16 × 1 = 16 devices, but dgx-a100 has 8 "
+        "(node dgx-a100: 8 a100-80gb-sxm)" in err
+    )
+    code, _, err = run_cli(
+        capsys, "analyze", "--model", "llama-2-7b", "--hardware", "dgx-a100", "--tp", "8"
+    )
+    assert code == 0, err
+    # A device alone says nothing of how many there are: no bound.
+    assert analyze("llama-2-7b", "a100-80gb-sxm", tp=16).tp == 16
+
+
+def test_tp_beyond_a_scenario_cluster_is_an_error():
+    with pytest.raises(LlmsimError, match=r"16 devices, but dgx-a100 has 8"):
+        analyze_scenario("scenarios/quickstart.yaml", tp=16)
+
+
+def test_a_batch_split_scenario_analyzes_as_the_simulator_sizes_it(capsys):
+    """palm-540b-tpu-v4-layouts splits attention by batch (48 heads over 64 chips) in
+    the 2D layout; analyze refused it, checking a split by heads."""
+    from sim.cost.topology import build_cluster
+    from sim.plan import load_scenario
+    from sim.plan.memory import plan_memory
+
+    path = "scenarios/palm-540b-tpu-v4-layouts.yaml"
+    code, out, err = run_cli(capsys, "analyze", path, "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert (data["tp"], data["tp_layout"], data["attention"]) == (
+        64,
+        "2d-weight-stationary",
+        "batch",
+    )
+    s = load_scenario(path)
+    sizes = plan_memory(s, build_cluster(s.cluster), Precision.of(s.precision))
+    assert data["weight_bytes_per_device"] == pytest.approx(max(sizes.weight_bytes), rel=1e-12)
+    assert data["kv_bytes_per_token_per_device"] == pytest.approx(
+        max(sizes.kv_bytes_per_token), rel=1e-12
+    )
+    code, out, _ = run_cli(capsys, "analyze", path)
+    assert code == 0 and "tp=64, pp=1, 2d-weight-stationary, attention by batch" in out
+    code, out, err = run_cli(capsys, "analyze", path, "--ops", "--json")
+    assert code == 0, err
+    assert "links of tpu-v4-4x4x4" in json.loads(out)["ops"]["all_reduce"]["source"]
+
+
+def test_attention_by_batch_shrinks_the_kv_of_a_multiquery_model():
+    heads = analyze("palm-540b", "tpu-v4", tp=16)
+    batch = analyze("palm-540b", "tpu-v4", tp=16, attention="batch")
+    # One K/V head, replicated on every device by heads; 1/16 of the sequences by batch.
+    assert batch.kv_bytes_per_token_per_device == pytest.approx(
+        heads.kv_bytes_per_token_per_device / 16
+    )
+    with pytest.raises(LlmsimError, match="unknown tp_layout 'diagonal'"):
+        analyze("palm-540b", "tpu-v4", tp=16, tp_layout="diagonal")

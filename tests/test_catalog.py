@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import pytest
 from sim.cost.topology import build_cluster
 from sim.errors import LlmsimError
 from sim.spec import catalog
+from sim.spec.scenario import read_scenario
+from tests.cli_helpers import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 KEBAB = re.compile(r"^[a-z0-9]+(?:[.-][a-z0-9]+)*$")
@@ -118,3 +121,131 @@ def test_bad_value_in_a_device_file_names_the_key(tmp_path):
     )
     with pytest.raises(LlmsimError, match=r"gpu.yaml: peak_flops.fp16: .*312 TFLOPS"):
         catalog.load_device(str(bad))
+
+
+# ------------------------------------------------------------ user catalogs, broken files
+
+DEVICE = (
+    "name: {name}\nkind: gpu\npeak_flops: {{fp16: {flops}}}\nmemory_bytes: 1 GB\n"
+    "memory_bandwidth: 1 GB/s\n"
+)
+NODE = (
+    "name: {name}\ndevice: {device}\ndevices_per_node: 2\n"
+    "fabric: {{kind: nvswitch, bandwidth: 100 GB/s, latency: 1 us}}\n"
+    "pcie: {{bandwidth: 32 GB/s, latency: 5 us}}\nhost: {{dram: 1 TB}}\n"
+)
+
+
+@pytest.fixture
+def user_catalog(tmp_path, monkeypatch):
+    """A directory on LLMSIM_CATALOG_PATH (the cache cleared before and after)."""
+    for folder in ("hardware/devices", "hardware/nodes", "hardware/clusters", "models"):
+        (tmp_path / folder).mkdir(parents=True)
+    monkeypatch.setenv("LLMSIM_CATALOG_PATH", str(tmp_path))
+    catalog.clear_cache()
+    yield tmp_path
+    monkeypatch.delenv("LLMSIM_CATALOG_PATH")
+    catalog.clear_cache()
+
+
+def test_a_broken_user_device_is_its_own_error_not_unknown_hardware(user_catalog, capsys):
+    """It was "unknown hardware 'mygpu'", with mygpu in the list of valid names."""
+    bad = user_catalog / "hardware" / "devices" / "mygpu.yaml"
+    bad.write_text(DEVICE.format(name="mygpu", flops="fast"))
+    code, _, err = run_cli(capsys, "analyze", "--model", "llama-2-7b", "--hardware", "mygpu")
+    assert code == 2 and err.count("\n") == 1
+    assert f"{bad}: peak_flops.fp16: " in err and "unknown hardware" not in err
+
+
+def test_a_broken_user_node_is_blamed_on_its_file_not_the_scenario(user_catalog, capsys):
+    devices = user_catalog / "hardware" / "devices"
+    (devices / "mygpu.yaml").write_text(DEVICE.format(name="mygpu", flops="1 TFLOPS"))
+    node = user_catalog / "hardware" / "nodes" / "mynode.yaml"
+    node.write_text(NODE.format(name="mynode", device="mygpu") + "devices_per_node: 4\n")
+    line = NODE.count("\n") + 1
+    scenario = user_catalog / "s.yaml"
+    scenario.write_text(
+        "model: llama-2-7b\ncluster: mynode\nworkload: {requests: 1, arrival: "
+        "{process: burst}, prompt: {dist: fixed, value: 8}, output: {dist: fixed, value: 8}}\n"
+    )
+    code, _, err = run_cli(capsys, "run", str(scenario))
+    assert code == 2 and err.count("\n") == 1
+    assert f"llmsim: error: {node}: devices_per_node: line {line}: duplicate key" in err
+    # A node naming an unknown device: the node file and its key, with the closest names.
+    node.write_text(NODE.format(name="mynode", device="mygpo"))
+    catalog.clear_cache()
+    code, _, err = run_cli(capsys, "run", str(scenario))
+    assert f"{node}: device: unknown device 'mygpo'; did you mean mygpu" in err
+    # A bad value in the node: its file and key.
+    node.write_text(NODE.format(name="mynode", device="mygpu").replace("2\n", "two\n", 1))
+    catalog.clear_cache()
+    code, _, err = run_cli(capsys, "run", str(scenario))
+    assert f"{node}: devices_per_node: expected an integer, got 'two'" in err
+    assert "s.yaml" not in err
+
+
+def test_a_cluster_naming_an_unknown_node_names_the_cluster_file(user_catalog):
+    cluster = user_catalog / "hardware" / "clusters" / "mine.yaml"
+    cluster.write_text("name: mine\nnode: dgx-a10O\nnodes: 2\n")
+    with pytest.raises(LlmsimError) as info:
+        catalog.cluster_from_ref("mine")
+    assert str(info.value).startswith(f"{cluster}: node: unknown node 'dgx-a10O'")
+
+
+def test_a_broken_model_referenced_by_a_scenario_names_the_model_file(user_catalog, tmp_path):
+    model = user_catalog / "models" / "mymodel.yaml"
+    model.write_text("name: mymodel\nn_layers: many\n")
+    with pytest.raises(LlmsimError) as info:
+        read_scenario(
+            {
+                "model": "mymodel",
+                "cluster": "dgx-a100",
+                "workload": {"requests": 1, "arrival": {"process": "burst"}},
+            }
+        )
+    assert info.value.file == str(model)
+    assert str(info.value).startswith(f"{model}: ")
+
+
+def test_catalog_index_checks_names_and_aliases(user_catalog):
+    bad = user_catalog / "hardware" / "devices" / "odd.yaml"
+    bad.write_text(DEVICE.format(name="odd", flops="1 TFLOPS") + "aliases: oddity\n")
+    with pytest.raises(LlmsimError, match=r"odd.yaml: aliases: expected a list of names"):
+        catalog.load_device("nothing-like-it")
+
+
+@pytest.mark.parametrize("layout", ["missing", "file", "empty"])
+def test_a_bad_catalog_path_entry_is_an_error(tmp_path, monkeypatch, layout):
+    """A nonexistent LLMSIM_CATALOG_PATH entry was silently ignored."""
+    entry = tmp_path / "cat"
+    if layout == "file":
+        entry.write_text("")
+    elif layout == "empty":
+        (entry / "devices").mkdir(parents=True)  # not laid out like the checkout
+    monkeypatch.setenv("LLMSIM_CATALOG_PATH", f"{ROOT}{os.pathsep}{entry}")
+    catalog.clear_cache()
+    try:
+        with pytest.raises(LlmsimError) as info:
+            catalog.load_device("a100-40gb")
+        message = str(info.value)
+        assert message.startswith("LLMSIM_CATALOG_PATH: ") and str(entry) in message
+        want = {"missing": "does not exist", "file": "not a directory", "empty": "holds none"}
+        assert want[layout] in message
+    finally:
+        monkeypatch.delenv("LLMSIM_CATALOG_PATH")
+        catalog.clear_cache()
+
+
+def test_bad_catalog_path_from_the_command_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMSIM_CATALOG_PATH", str(tmp_path / "nope"))
+    catalog.clear_cache()
+    try:
+        code, _, err = run_cli(capsys, "analyze", "--model", "llama-2-7b", "--hardware", "t4")
+    finally:
+        monkeypatch.delenv("LLMSIM_CATALOG_PATH")
+        catalog.clear_cache()
+    assert code == 2
+    missing = tmp_path / "nope"
+    assert err == (
+        f"llmsim: error: LLMSIM_CATALOG_PATH: catalog directory '{missing}' does not exist\n"
+    )

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -159,6 +160,8 @@ def test_trace_that_goes_back_in_time(capsys, tmp_path):
 
 
 def test_requests_that_never_fit_are_rejected_with_a_reason(capsys, tmp_path):
+    """A run that serves nothing is an error (exit 2), after its summary, with one line
+    saying why; it used to exit 0."""
     path = small(
         tmp_path,
         **{
@@ -166,8 +169,67 @@ def test_requests_that_never_fit_are_rejected_with_a_reason(capsys, tmp_path):
             "workload.output": {"dist": "fixed", "value": 200},
         },
     )
-    code, out, _ = run_cli(capsys, "run", str(path), "--json")
-    assert code == 0
-    summary = json.loads(out)
+    code, out, err = run_cli(capsys, "run", str(path), "--json")
+    assert code == 2
+    summary = json.loads(out)  # the summary is still printed
     assert summary["rejected"] == 40
     assert summary["reject_reasons"] == {"exceeds max_model_len": 40}
+    assert err.startswith("llmsim: error: ") and err.count("\n") == 1, err
+    assert (
+        "s.yaml: all 40 requests were rejected: exceeds max_model_len (40); "
+        "the first: prompt + output = 4000 + 200 = 4200 > 4096" in err
+    )
+
+
+def test_all_rejected_table_run_exits_2(capsys, tmp_path):
+    path = small(tmp_path, **{"workload.prompt": {"dist": "fixed", "value": 5000}})
+    code, out, err = run_cli(capsys, "run", str(path))
+    assert code == 2
+    assert "0/40 finished, 40 rejected" in out
+    assert "all 40 requests were rejected: exceeds max_model_len (40)" in err
+
+
+def test_some_rejected_is_still_a_result(capsys, tmp_path):
+    path = small(tmp_path, **{"workload.prompt": {"dist": "uniform", "min": 100, "max": 8000}})
+    code, out, _ = run_cli(capsys, "run", str(path), "--json")
+    summary = json.loads(out)
+    assert code == 0
+    assert 0 < summary["rejected"] < 40 and summary["finished"] == 40 - summary["rejected"]
+
+
+def test_a_prompt_past_the_context_is_rejected_for_the_context(capsys, tmp_path):
+    """A 10,000-token prompt on a 4,096-token model exceeds max_model_len first (it was
+    reported as exceeding max_num_batched_tokens, a bound the user never set)."""
+    path = small(
+        tmp_path,
+        **{
+            "workload.requests": 3,
+            "workload.prompt": {"dist": "fixed", "value": 10_000},
+            "workload.output": {"dist": "fixed", "value": 16},
+        },
+    )
+    out_dir = tmp_path / "res"
+    code, out, err = run_cli(capsys, "run", str(path), "--json", "--out", str(out_dir))
+    assert code == 2
+    assert json.loads(out)["reject_reasons"] == {"exceeds max_model_len": 3}
+    assert "prompt + output = 10000 + 16 = 10016 > 4096" in err
+    requests = pd.read_parquet(out_dir / "requests.parquet")
+    assert set(requests["reject_reason"]) == {
+        "exceeds max_model_len: prompt + output = 10000 + 16 = 10016 > 4096"
+    }
+
+
+def test_the_step_budget_still_rejects_a_prompt_within_the_context(capsys, tmp_path):
+    path = small(
+        tmp_path,
+        **{
+            "workload.requests": 2,
+            "workload.prompt": {"dist": "fixed", "value": 3000},
+            "workload.output": {"dist": "fixed", "value": 16},
+            "scheduler.max_num_batched_tokens": 2048,
+        },
+    )
+    code, out, err = run_cli(capsys, "run", str(path), "--json")
+    assert code == 2
+    assert json.loads(out)["reject_reasons"] == {"exceeds max_num_batched_tokens": 2}
+    assert "prompt 3000 > 2048" in err

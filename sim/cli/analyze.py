@@ -33,8 +33,13 @@ def _fmt_count(n: float) -> str:
 
 
 def _analysis_table(a: dict[str, Any]) -> str:
+    split = f"tp={a['tp']}, pp={a['pp']}"
+    if a["tp_layout"] != "1d-weight-stationary":
+        split += f", {a['tp_layout']}"
+    if a["attention"] != "heads":
+        split += f", attention by {a['attention']}"
     rows: list[tuple[str, str]] = [
-        ("model / device", f"{a['model']} on {a['device']} (tp={a['tp']}, pp={a['pp']})"),
+        ("model / device", f"{a['model']} on {a['device']} ({split})"),
         ("batch, prompt, output", f"{a['batch']}, {a['prompt']}, {a['output']}"),
         (
             "dtypes (w / act / kv)",
@@ -96,13 +101,29 @@ def setup(sub: argparse._SubParsersAction) -> None:
         description="Closed-form analysis of a model on a device: parameters, weight and KV "
         "bytes, the largest batch that fits, FLOPs per token by op, arithmetic intensity "
         "against the ridge point, and roofline floors on prefill and decode latency. "
-        "Give --model and --hardware, or a scenario file.",
+        "Give --model and --hardware, or a scenario file (which names its own model and "
+        "cluster: giving both is an error); the other options override the scenario's.",
     )
     p.add_argument("scenario", nargs="?", help="a scenario YAML (instead of --model/--hardware)")
     p.add_argument("--model", help="model name, Hugging Face id, YAML or config.json path")
-    p.add_argument("--hardware", help="device, node or cluster name")
+    p.add_argument(
+        "--hardware",
+        help="device, node or cluster name (a node or cluster bounds tp × pp by its devices)",
+    )
     p.add_argument("--tp", type=int, default=None, help="tensor-parallel degree (default 1)")
     p.add_argument("--pp", type=int, default=None, help="pipeline stages (default 1)")
+    p.add_argument(
+        "--tp-layout",
+        default=None,
+        help="how a TP group splits each layer: 1d-weight-stationary (default), "
+        "2d-weight-stationary or weight-gathered",
+    )
+    p.add_argument(
+        "--attention",
+        choices=["heads", "batch"],
+        default=None,
+        help="split attention over the TP group by heads (default) or by batch",
+    )
     p.add_argument("--batch", type=int, default=None, help="sequences in the batch (default 1)")
     p.add_argument("--prompt", type=int, default=None, help="prompt tokens (default 512)")
     p.add_argument("--output", type=int, default=None, help="output tokens (default 128)")
@@ -151,10 +172,26 @@ def run(ns: argparse.Namespace) -> int:
         kwargs["kv_dtype"] = ns.kv_dtype
     if ns.act_dtype:
         kwargs["activation_dtype"] = ns.act_dtype
+    if ns.tp_layout:
+        kwargs["tp_layout"] = ns.tp_layout
+    if ns.attention:
+        kwargs["attention"] = ns.attention
+    model: Any = ns.model
+    hardware: Any = ns.hardware
     if ns.scenario:
         from sim.plan.analyze import analyze_scenario
+        from sim.spec.scenario import read_scenario
 
+        given = [f"--{k}" for k in ("model", "hardware") if getattr(ns, k)]
+        if given:
+            raise LlmsimError(
+                f"give a scenario or {' and '.join(given)}, not both: the scenario names "
+                "its own model and cluster"
+            )
         result = analyze_scenario(ns.scenario, **kwargs)
+        if ns.ops:  # the scenario's own model and cluster (either may be inline)
+            scenario = read_scenario(ns.scenario)
+            model, hardware = scenario.model, scenario.cluster
     else:
         if not ns.model or not ns.hardware:
             raise LlmsimError("give a scenario file, or both --model and --hardware")
@@ -163,11 +200,11 @@ def run(ns: argparse.Namespace) -> int:
     if ns.ops:
         from sim.plan.analyze import op_breakdown
 
-        hardware = ns.hardware or data["device"]
         data["ops"] = op_breakdown(
-            data["model"] if not ns.model else ns.model,
+            model,
             hardware,
             tp=data["tp"],
+            attention=data["attention"],
             tokens=ns.tokens or 1,
             kv_len=ns.kv_len,
             dtype=data["weight_dtype"],

@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sim.cli.options import add_overrides, add_progress, progress_flag
 from sim.errors import LlmsimError
+
+if TYPE_CHECKING:  # the library loads when the command runs (see sim.cli.main)
+    from sim.results.run import Results
 
 
 def setup(sub: argparse._SubParsersAction) -> None:
@@ -72,4 +76,22 @@ def run(ns: argparse.Namespace) -> int:
         if out:
             print(f"\nresults in {out}")
         print(f"({results.wall_s:.2f} s wall, {results.events:,} events)", file=sys.stderr)
+    why = all_rejected(results)
+    if why is not None:  # nothing was served: a scenario that cannot run, not a result
+        raise LlmsimError(why, file=scenario.file)
     return 0
+
+
+def all_rejected(results: Results) -> str | None:
+    """Why the run served nothing, when every request was rejected (None otherwise):
+    the count, the reasons by category, and the first request's reason in full."""
+    s = results.summary
+    if not s.requests or s.finished or s.rejected < s.requests:
+        return None
+    counts = ", ".join(f"{why} ({n})" for why, n in s.reject_reasons.items())
+    reasons = results.requests["reject_reason"]
+    first = str(reasons.iloc[0]) if len(reasons) else ""
+    detail = first.split(":", 1)[1].strip() if ":" in first else first
+    return f"all {s.requests} requests were rejected: {counts}" + (
+        f"; the first: {detail}" if detail else ""
+    )

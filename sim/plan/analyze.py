@@ -3,9 +3,14 @@
 No simulation: the arithmetic of the seeds applied to one (model, device, tp, pp,
 batch, prompt, output, dtypes) point. Memory per device assumes layers split evenly
 over `pp` stages (the first stage also holding the embedding, the last the LM head)
-and the Megatron TP layout of `sim.arith.ops`. Latency floors use the ideal roofline (peak
-FLOP/s, peak bandwidth, no launch overhead, no communication), so a simulated or
-measured latency can never be lower.
+and the TP layout and attention split given (default: Megatron's 1D layout, attention
+by heads), sized as the simulator sizes a replica (`sim.cost.layouts.layout_weights`,
+`sim.plan.layers.plan_attention`). Latency floors use the ideal roofline (peak FLOP/s,
+peak bandwidth, no launch overhead, no communication), so a simulated or measured
+latency can never be lower.
+
+Hardware is a device, a node or a cluster; a node or cluster also bounds tp × pp by
+the devices it has. A scenario gives all of it (`analyze_scenario`).
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ import numpy as np
 
 from sim.arith.memory import (
     activation_workspace_bytes,
+    embedding_weight_elems,
     kv_bytes_per_token,
     kv_bytes_per_token_per_device,
+    layer_weight_elems,
     layers_per_stage,
-    weight_bytes_per_device,
+    stage_weights,
 )
 from sim.arith.ops import (
     Work,
@@ -41,8 +48,9 @@ from sim.arith.params import (
 )
 from sim.arith.precision import Precision
 from sim.cost.collectives import CollectiveModel
+from sim.cost.layouts import WeightStationary1D, check_layout, compute_attention, layout_weights
 from sim.cost.roofline import floor_time
-from sim.cost.topology import build_cluster
+from sim.cost.topology import build_cluster, n_devices
 from sim.errors import LlmsimError, unknown_name
 from sim.plan.check import check_scenario
 from sim.plan.kernels import make_kernel
@@ -56,18 +64,58 @@ from sim.workload.arrivals import generate
 GPU_MEMORY_UTILIZATION = 0.9  # vLLM's default share of device memory it may use
 
 
-def resolve_device(name: str) -> DeviceSpec:
-    """A device by name, or the device of a node or cluster of that name."""
+def resolve_hardware(name: str) -> tuple[DeviceSpec, ClusterSpec | None]:
+    """A device by name, or the device of a node or cluster of that name and the
+    cluster (a node: one of it). A broken catalog file is its own error, not "unknown"."""
     try:
-        return catalog.load_device(name)
-    except LlmsimError:
+        return catalog.load_device(name), None
+    except catalog.NotInCatalog:
         pass
     try:
         cluster = catalog.cluster_from_ref(name)
-    except LlmsimError:
+    except catalog.NotInCatalog:
         names = [e.name for k in ("device", "node", "cluster") for e in catalog.entries(k)]
         raise unknown_name("hardware", name, names) from None
-    return cluster_device(cluster)
+    return cluster_device(cluster), cluster
+
+
+def resolve_device(name: str) -> DeviceSpec:
+    """A device by name, or the device of a node or cluster of that name."""
+    return resolve_hardware(name)[0]
+
+
+def check_devices(cluster: ClusterSpec, tp: int, pp: int) -> None:
+    """A TP × PP group must fit the node or cluster it is analysed on."""
+    have = n_devices(cluster)
+    if tp * pp <= have:
+        return
+    device = cluster_device(cluster).name
+    if cluster.torus is not None:
+        shape = "x".join(str(d) for d in cluster.torus.dims)
+        holds = f"a {shape} torus of {have} {device}"
+    else:
+        assert cluster.node is not None
+        node = catalog.node_of(cluster.node)
+        per = node.devices_per_node
+        holds = f"{cluster.nodes} × node {node.name} of {per} {device}"
+        holds = f"node {node.name}: {per} {device}" if cluster.nodes == 1 else holds
+    raise LlmsimError(
+        f"tp × pp = {tp} × {pp} = {tp * pp} devices, but {cluster.name} has {have} ({holds})",
+        key="tp" if pp == 1 else "parallel",
+    )
+
+
+def check_split(model: ModelSpec, tp: int, tp_layout: str, attention: str) -> str:
+    """Raise if the layout cannot split `model` over `tp` devices; return how attention
+    is then split (as the simulator splits it: `plan_attention`)."""
+    try:
+        check_layout(tp_layout, model, tp, attention)
+    except LlmsimError as exc:
+        if exc.key == "parallel.tp_layout" and tp_layout == WeightStationary1D.name:
+            message = exc.message.removeprefix(f"{tp_layout}: ")
+            raise LlmsimError(message, key="parallel.tp") from None
+        raise
+    return compute_attention(tp_layout, model, tp, attention)
 
 
 def cluster_device(cluster: ClusterSpec) -> DeviceSpec:
@@ -83,6 +131,8 @@ class Analysis:
     device: str
     tp: int
     pp: int
+    tp_layout: str
+    attention: str  # how the TP group splits attention: by heads, or by batch
     batch: int
     prompt: int
     output: int
@@ -125,10 +175,11 @@ def _step_floor(
     precision: Precision,
     work: Work,
     logits: int,
+    attention: str = "heads",
 ) -> tuple[float, float, float]:
     """(seconds, FLOPs, bytes) of one step through all stages at the ideal roofline,
     for one device of each stage (stages run one after another)."""
-    plan = layer_plan(model, tp, precision)
+    plan = layer_plan(model, tp, precision, attention)
     seconds = flops = moved = 0.0
     for layers in layers_per_stage(model.n_layers, pp):
         for op in plan.ops:
@@ -146,7 +197,7 @@ def _step_floor(
 
 def analyze(
     model: ModelSpec | str,
-    hardware: DeviceSpec | str,
+    hardware: DeviceSpec | ClusterSpec | str,
     *,
     tp: int = 1,
     pp: int = 1,
@@ -157,9 +208,20 @@ def analyze(
     kv_dtype: str | None = None,
     activation_dtype: str | None = None,
     memory_utilization: float = GPU_MEMORY_UTILIZATION,
+    tp_layout: str = WeightStationary1D.name,
+    attention: str = "heads",
 ) -> Analysis:
+    """The closed forms at one point. `hardware` is a device, or a node or cluster
+    (whose devices then bound tp × pp); `tp_layout` and `attention` split each layer
+    as `parallel.tp_layout` and `parallel.attention` of a scenario do."""
     spec = catalog.load_model(model) if isinstance(model, str) else model
-    device = resolve_device(hardware) if isinstance(hardware, str) else hardware
+    cluster: ClusterSpec | None = None
+    if isinstance(hardware, str):
+        device, cluster = resolve_hardware(hardware)
+    elif isinstance(hardware, ClusterSpec):
+        device, cluster = cluster_device(hardware), hardware
+    else:
+        device = hardware
     for key, value in (("batch", batch), ("prompt", prompt)):
         if value < 1:
             raise LlmsimError(f"must be at least 1, got {value}", key=key)
@@ -167,31 +229,36 @@ def analyze(
         raise LlmsimError(f"must be at least 0, got {output}", key="output")
     act = activation_dtype or (dtype if dtype in ("bf16", "fp16", "fp32", "fp8") else "bf16")
     precision = Precision(weights=dtype, activations=act, kv=kv_dtype or act)
-    check_tp(spec, tp)
-    layers_per_stage(spec.n_layers, pp)
+    split = check_split(spec, tp, tp_layout, attention)
+    stages = layers_per_stage(spec.n_layers, pp)
+    if cluster is not None:
+        check_devices(cluster, tp, pp)
 
-    w_dev = weight_bytes_per_device(spec, tp, pp, precision)
+    # Sized as sim.plan.memory sizes a replica: the layout's share of each layer.
+    per_layer = layer_weight_elems(spec, tp, split)
+    emb = embedding_weight_elems(spec, tp)
+    w_dev = max(stage_weights(stages, per_layer, emb, spec.tied_embeddings)) * precision.w_bytes
+    layout_workspace = layout_weights(tp_layout, spec, tp, precision, attention)[1]
     kv_tok = kv_bytes_per_token(spec, precision)
-    kv_tok_dev = kv_bytes_per_token_per_device(
-        spec, tp, layers_per_stage(spec.n_layers, pp)[0], precision
-    )
+    kv_tok_dev = kv_bytes_per_token_per_device(spec, tp, stages[0], precision, split)
     kept = spec.kv_tokens_kept(prompt + output)
     workspace_tokens = max(prompt, 2048)
     workspace = activation_workspace_bytes(spec, workspace_tokens, tp, precision)
+    workspace += layout_workspace
     usable = device.memory_bytes * memory_utilization
     free_for_kv = usable - w_dev - workspace
     max_batch = max(0, math.floor(free_for_kv / (kept * kv_tok_dev))) if kept else 0
     kv_peak_dev = batch * kept * kv_tok_dev
 
     context = prompt + output // 2
-    split = flops_per_token(spec, context)
-    layers_total = sum(split.values())
+    by_op = flops_per_token(spec, context)
+    layers_total = sum(by_op.values())
     lm = lm_head_flops_per_token(spec)
 
     prefill = Work.prefill(batch, prompt)
-    t_pre, f_pre, b_pre = _step_floor(spec, device, tp, pp, precision, prefill, batch)
+    t_pre, f_pre, b_pre = _step_floor(spec, device, tp, pp, precision, prefill, batch, split)
     decode = Work.decode(batch, spec.kv_tokens_kept(prompt))
-    t_dec, f_dec, b_dec = _step_floor(spec, device, tp, pp, precision, decode, batch)
+    t_dec, f_dec, b_dec = _step_floor(spec, device, tp, pp, precision, decode, batch, split)
     ridge = device.ridge_flops_per_byte(precision.compute_dtype)
     i_pre, i_dec = f_pre / b_pre, f_dec / b_dec
 
@@ -200,6 +267,8 @@ def analyze(
         device=device.name,
         tp=tp,
         pp=pp,
+        tp_layout=tp_layout,
+        attention=split,
         batch=batch,
         prompt=prompt,
         output=output,
@@ -220,7 +289,7 @@ def analyze(
         max_batch=max_batch,
         flops_per_token=layers_total + lm,
         flops_per_token_context=context,
-        flops_split={k: v / layers_total for k, v in split.items()},
+        flops_split={k: v / layers_total for k, v in by_op.items()},
         lm_head_flops_per_token=lm,
         ridge_flops_per_byte=ridge,
         prefill_intensity_flops_per_byte=i_pre,
@@ -233,8 +302,9 @@ def analyze(
 
 
 def analyze_scenario(path: str, **overrides: Any) -> Analysis:
-    """`analyze` at a scenario's model, device, parallelism and dtypes; prompt and output
-    default to the workload's mean lengths, batch to 1. Keyword overrides win."""
+    """`analyze` at a scenario's model, cluster, parallelism (tp, pp, TP layout and
+    attention split) and dtypes; prompt and output default to the workload's mean
+    lengths, batch to 1. Keyword overrides win."""
     s = read_scenario(path)
     check_scenario(s)
     arrivals = generate(s.workload, s.seed, s.base_dir)
@@ -244,6 +314,8 @@ def analyze_scenario(path: str, **overrides: Any) -> Analysis:
     kwargs: dict[str, Any] = {
         "tp": s.parallel.tp,
         "pp": s.parallel.pp,
+        "tp_layout": s.parallel.tp_layout,
+        "attention": s.parallel.attention,
         "batch": 1,
         "prompt": prompt,
         "output": output,
@@ -253,15 +325,15 @@ def analyze_scenario(path: str, **overrides: Any) -> Analysis:
         "memory_utilization": s.scheduler.policy_params().gpu_memory_utilization,
     }
     kwargs.update(overrides)
-    device = cluster_device(s.cluster)
-    return analyze(s.model, device, **kwargs)
+    return analyze(s.model, s.cluster, **kwargs)
 
 
 def op_breakdown(
     model: ModelSpec | str,
-    hardware: str,
+    hardware: str | ClusterSpec,
     *,
     tp: int = 1,
+    attention: str = "heads",
     tokens: int = 1,
     kv_len: int | None = None,
     dtype: str = "bf16",
@@ -276,17 +348,22 @@ def op_breakdown(
     `attn_prefill` is one sequence prefilling `tokens` tokens after `kv_len` cached
     ones (default 0); `attn_decode` is `tokens` sequences each generating one token
     against `kv_len` cached ones (default 1024); `all_reduce` is one of the layer's
-    all-reduces of `tokens` activations over the TP group's links.
+    all-reduces of `tokens` activations over the TP group's links. `hardware` is a
+    device, node or cluster name, or a cluster (a scenario's); `attention` splits the
+    layer by heads or by batch.
     """
     spec = catalog.load_model(model) if isinstance(model, str) else model
-    device = resolve_device(hardware)
+    if isinstance(hardware, ClusterSpec):
+        device = cluster_device(hardware)
+    else:
+        device = resolve_device(hardware)
     act = activation_dtype or (dtype if dtype in ("bf16", "fp16", "fp32", "fp8") else "bf16")
     precision = Precision(weights=dtype, activations=act, kv=kv_dtype or act)
-    check_tp(spec, tp)
+    check_tp(spec, tp, attention)
     if tokens < 1:
         raise LlmsimError(f"must be at least 1, got {tokens}", key="tokens")
     kernel, _ = make_kernel(device, precision, cost)
-    plan = layer_plan(spec, tp, precision)
+    plan = layer_plan(spec, tp, precision, attention)
     prefill = Work.prefill(1, tokens, kv_len or 0)
     decode = Work.decode(tokens, kv_len if kv_len is not None else 1024)
     out: dict[str, dict[str, Any]] = {}
@@ -318,12 +395,14 @@ def op_breakdown(
     return out
 
 
-def _cluster_for(hardware: str, device: DeviceSpec, tp: int) -> ClusterSpec:
-    """The cluster named by `hardware`, or the first catalog node of `device` with room
-    for `tp` devices (for pricing a TP group's collectives)."""
+def _cluster_for(hardware: str | ClusterSpec, device: DeviceSpec, tp: int) -> ClusterSpec:
+    """The cluster given or named by `hardware`, or the first catalog node of `device`
+    with room for `tp` devices (for pricing a TP group's collectives)."""
+    if isinstance(hardware, ClusterSpec):
+        return hardware
     try:
         return catalog.cluster_from_ref(hardware)
-    except LlmsimError:
+    except catalog.NotInCatalog:
         pass
     for entry in catalog.entries("node"):
         node = catalog.load_node(entry.name)

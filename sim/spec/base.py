@@ -57,8 +57,17 @@ MAX_SHOWN = 80  # characters of a bad value an error repeats (hostile input stay
 
 def shown(value: Any) -> str:
     """A value as an error message quotes it: its repr, cut to MAX_SHOWN characters."""
-    text = repr(value)
-    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
+    try:
+        text = repr(value)
+    except ValueError:  # an int of more digits than Python converts to text
+        digits = int(value.bit_length() * 0.30103) + 1 if isinstance(value, int) else 0
+        text = f"<an integer of about {digits:,} digits>" if digits else "<a value>"
+    return clipped(text)
+
+
+def clipped(text: str) -> str:
+    """Text (a name, a path) cut to MAX_SHOWN characters, unquoted."""
+    return clipped_to(text, MAX_SHOWN)
 
 
 def _member_tag(part: str) -> bool:
@@ -186,4 +195,31 @@ def validation_error(
         msg = f"{msg} (got {shown(got)})"
     key = ".".join([*([prefix] if prefix else []), *path]) or None
     source = (origin or {}).get(path[0]) if path else None
-    return LlmsimError(msg + variant, file=source or file, key=key)
+    return LlmsimError(_bounded(msg, got) + variant, file=source or file, key=_clip_key(key))
+
+
+MAX_MESSAGE = 1000  # characters of a message: room for a list of valid names, no more
+
+
+def _bounded(msg: str, got: Any) -> str:
+    """A validator's message with the bad value it quotes cut to `shown` (units and
+    dtypes repeat the whole input), and the whole cut to MAX_MESSAGE."""
+    if got is not None and not isinstance(got, bool | int | float):
+        try:
+            texts = {repr(got), str(got)}
+        except ValueError:  # holds an int too long to print: nothing quotes it whole
+            texts = set()
+        for text in texts:
+            if len(text) > MAX_SHOWN and text in msg:
+                msg = msg.replace(text, shown(got))
+    return clipped_to(msg, MAX_MESSAGE)
+
+
+def _clip_key(key: str | None) -> str | None:
+    if key is None:
+        return None
+    return ".".join(clipped(part) for part in key.split("."))
+
+
+def clipped_to(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."

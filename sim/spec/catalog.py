@@ -7,7 +7,16 @@ carries the same files under `sim/_catalog/`. Users add their own directories wi
 searched first, so a user's file shadows a shipped one of the same name.
 
 A name is matched case-insensitively against each file's `name` and `aliases` (the
-Hugging Face id of a model, for instance), and against its file stem.
+Hugging Face id of a model, for instance), and against its file stem. An entry of
+`LLMSIM_CATALOG_PATH` that is not such a root is an error, as is a catalog file that
+cannot be read: its own file and key are named, never "unknown name".
+
+Every YAML file (scenario, catalog file, recipe, sweep) is read by `read_yaml`: libyaml's
+safe loader, plus three checks a plain `yaml.safe_load` lacks. A key given twice in one
+mapping is an error (not "the last one wins"); an alias that refers to a mapping or list
+containing it is an error; and aliases may expand a document by at most
+`MAX_ALIAS_NODES` nodes beyond what is written, so a kilobyte "billion laughs" file is
+refused at once instead of being validated for minutes.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from sim.errors import LlmsimError, unknown_name
-from sim.spec.base import validation_error
+from sim.spec.base import MAX_MESSAGE, clipped, clipped_to, shown, validation_error
 from sim.spec.hardware import ClusterSpec, DeviceSpec, NodeSpec
 from sim.spec.hf_config import model_from_hf_config
 from sim.spec.model import ModelSpec
@@ -31,7 +40,12 @@ from sim.spec.profile import Profile
 
 _PACKAGE = Path(__file__).resolve().parents[1]  # the sim package
 # libyaml's safe loader when PyYAML was built with it (profiles are large), else Python's.
-_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# Nodes that aliases may add to a document beyond those written in it. A shipped file
+# uses none; a "billion laughs" file of 1.5 KB expands to ~10^9 (every use of an alias
+# counts the whole subtree it names, as validation would walk it).
+MAX_ALIAS_NODES = 100_000
+ENV = "LLMSIM_CATALOG_PATH"
 KINDS: dict[str, str] = {
     "device": "hardware/devices",
     "node": "hardware/nodes",
@@ -45,12 +59,45 @@ KINDS: dict[str, str] = {
 T = TypeVar("T", bound=BaseModel)
 
 
+class NotInCatalog(LlmsimError):
+    """A name no catalog file (and no path) answers to; raised for the name looked up
+    itself only, so a caller may try another kind. An error inside a file that was
+    found is a plain LlmsimError naming that file."""
+
+
+def is_file(path: Path) -> bool:
+    """`path.is_file()`, False (not an exception) for a name the OS refuses (too long,
+    a NUL byte)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
 def roots() -> list[Path]:
-    """Catalog roots, most specific first."""
+    """Catalog roots, most specific first. Each entry of LLMSIM_CATALOG_PATH must be a
+    directory laid out like the checkout (at least one of the KINDS folders)."""
     found: list[Path] = []
-    for entry in os.environ.get("LLMSIM_CATALOG_PATH", "").split(os.pathsep):
-        if entry:
-            found.append(Path(entry).expanduser().resolve())
+    for entry in os.environ.get(ENV, "").split(os.pathsep):
+        if not entry:
+            continue
+        root = Path(entry).expanduser().resolve()
+        if not is_dir(root):
+            what = "is a file, not a directory" if is_file(root) else "does not exist"
+            raise LlmsimError(f"catalog directory {shown(entry)} {what}", key=ENV)
+        if not any(is_dir(root / folder) for folder in KINDS.values()):
+            layout = ", ".join(sorted(set(KINDS.values())))
+            raise LlmsimError(
+                f"{shown(entry)} holds none of the catalog folders ({layout})", key=ENV
+            )
+        found.append(root)
     checkout = _PACKAGE.parent
     if (checkout / "hardware" / "devices").is_dir():
         found.append(checkout)
@@ -60,17 +107,141 @@ def roots() -> list[Path]:
     return found
 
 
+_MERGE = "tag:yaml.org,2002:merge"
+_VALUE = "tag:yaml.org,2002:value"
+_STR = "tag:yaml.org,2002:str"
+
+
+class _Loader(_SafeLoader):
+    """The safe loader whose value errors are YAML errors at the value's line: an int of
+    more digits than Python converts to a number, a date such as 2023-13-45."""
+
+
+def _marked(construct: Callable[..., Any]) -> Callable[[Any, yaml.Node], Any]:
+    def checked(loader: Any, node: yaml.Node) -> Any:
+        try:
+            return construct(loader, node)
+        except (ValueError, OverflowError) as exc:
+            what = node.tag.rsplit(":", 1)[-1]
+            why = f"{len(str(node.value))} digits are too many" if what == "int" else str(exc)
+            problem = f"cannot read {shown(node.value)} as {what}: {clipped(why)}"
+            raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from None
+
+    return checked
+
+
+for _tag, _construct in (
+    ("tag:yaml.org,2002:int", yaml.constructor.SafeConstructor.construct_yaml_int),
+    ("tag:yaml.org,2002:timestamp", yaml.constructor.SafeConstructor.construct_yaml_timestamp),
+):
+    _Loader.add_constructor(_tag, _marked(_construct))
+
+
+def _line(node: yaml.Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+def _key_path(path: tuple[str, ...]) -> str | None:
+    return ".".join(clipped(part) for part in path) or None
+
+
+def _check_nodes(loader: Any, root: yaml.Node) -> None:
+    """Duplicate keys, recursive aliases and alias expansion, on the composed node graph
+    (an alias is the very node its anchor names, so the graph is shared, not copied):
+    one pass over the distinct nodes, however much the aliases would expand."""
+    expanded: dict[int, int] = {}  # id(node) -> nodes in its subtree, aliases expanded
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool, tuple[str, ...]]] = [(root, False, ())]
+    while stack:
+        node, done, path = stack.pop()
+        nid = id(node)
+        if done:
+            on_path.discard(nid)
+            children = _children(node)
+            expanded[nid] = min(1 + sum(expanded[id(c)] for c in children), 10**15)
+            continue
+        if nid in expanded:
+            continue
+        if nid in on_path:
+            kind = "mapping" if isinstance(node, yaml.MappingNode) else "list"
+            raise LlmsimError(
+                f"an alias of the {kind} anchored on line {_line(node)}, inside that {kind} "
+                "(a recursive alias)",
+                key=_key_path(path),
+            )
+        if isinstance(node, yaml.ScalarNode):
+            expanded[nid] = 1
+            continue
+        on_path.add(nid)
+        stack.append((node, True, path))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}
+            for key_node, value_node in node.value:
+                name = "?"
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag not in (_MERGE, _VALUE):
+                    # A key is its value as the mapping will hold it (1 and 0x1 are one).
+                    plain = key_node.tag == _STR
+                    key = key_node.value if plain else loader.construct_object(key_node)
+                    name = str(key_node.value)
+                    if key in first:
+                        raise LlmsimError(
+                            f"line {_line(key_node)}: duplicate key (first given on line "
+                            f"{first[key]}); a mapping takes each key once",
+                            key=_key_path((*path, name)),
+                        )
+                    first[key] = _line(key_node)
+                stack.append((value_node, False, (*path, name)))
+                stack.append((key_node, False, path))
+        else:
+            for i, item in enumerate(node.value):
+                stack.append((item, False, (*path, str(i))))
+    written = len(expanded)
+    if expanded[id(root)] - written > MAX_ALIAS_NODES:
+        raise LlmsimError(
+            f"aliases expand this document from {written:,} nodes to "
+            f"{expanded[id(root)]:,}; at most {MAX_ALIAS_NODES:,} more are allowed "
+            "(write the values out, or use fewer aliases of aliases)"
+        )
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def load_yaml_text(text: str) -> Any:
+    """Safe-load one YAML document with the checks of `read_yaml`. A syntax error is a
+    `yaml.YAMLError`; a duplicate key, a recursive alias or an alias bomb an
+    LlmsimError without a file (the caller places it)."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_nodes(loader, node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def read_yaml(path: Path | str) -> Any:
-    """Safe-load one YAML file; a syntax error names the file and the line."""
+    """Safe-load one YAML file; a syntax error, a duplicate key or an alias bomb is one
+    LlmsimError naming the file and the line."""
     path = Path(path)
     try:
         text = path.read_text()
     except FileNotFoundError:
         raise LlmsimError("file not found", file=str(path)) from None
-    except OSError as exc:
-        raise LlmsimError(f"cannot read file: {exc.strerror}", file=str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise LlmsimError(f"cannot read file: {why}", file=str(path)) from None
     try:
-        return yaml.load(text, Loader=_SafeLoader)
+        return load_yaml_text(text)
+    except LlmsimError as exc:
+        raise exc.at(file=str(path)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
@@ -98,10 +269,15 @@ def _index(kind: str, roots_key: tuple[Path, ...]) -> dict[str, Entry]:
         for path in sorted(folder.glob("*.yaml")) + sorted(folder.glob("*.csv")):
             data: Any = {} if path.suffix == ".csv" else read_yaml(path)
             if not isinstance(data, dict):
-                data = {}
-            name = str(data.get("name", path.stem))
-            aliases = tuple(str(a) for a in data.get("aliases", ()) or ())
-            entry = Entry(kind, name, path, aliases, str(data.get("description", "")))
+                data = {}  # loading it says "expected a mapping", naming the file
+            name = data.get("name", path.stem)
+            if not isinstance(name, str) or not name:
+                raise LlmsimError(f"expected a name, got {shown(name)}", file=str(path), key="name")
+            aliases = data.get("aliases") or []
+            if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+                message = f"expected a list of names, got {shown(aliases)}"
+                raise LlmsimError(message, file=str(path), key="aliases")
+            entry = Entry(kind, name, path, tuple(aliases), str(data.get("description", "")))
             for key in (name, path.stem, *aliases):
                 index[key.lower()] = entry
     return index
@@ -116,16 +292,24 @@ def entries(kind: str) -> list[Entry]:
 def find(kind: str, name: str) -> Path:
     """The file behind a name (or a path to a file that exists)."""
     candidate = Path(name).expanduser()
-    if candidate.suffix in (".yaml", ".yml", ".json", ".csv") and candidate.is_file():
+    if candidate.suffix in (".yaml", ".yml", ".json", ".csv") and is_file(candidate):
         return candidate
     for root in roots():  # a file named like the name: no need to read the whole catalog
         direct = root / KINDS[kind] / f"{name}.yaml"
-        if direct.is_file():
+        if is_file(direct):
             return direct
     entry = _index(kind, tuple(roots())).get(name.lower())
     if entry is None:
-        raise unknown_name(kind, name, (e.name for e in entries(kind)))
+        raise NotInCatalog(unknown_name(kind, name, (e.name for e in entries(kind))).message)
     return entry.path
+
+
+def _placed(exc: LlmsimError, file: Path | str, key: str) -> LlmsimError:
+    """An error met while resolving a reference in `file` at `key`: kept as it is when
+    it already names a file (the referenced file is the broken one), else placed."""
+    if exc.file:
+        return LlmsimError(exc.message, file=exc.file, key=exc.key)
+    return LlmsimError(exc.message, file=str(file), key=key)
 
 
 def _parse(cls: type[T], data: Any, file: str, prefix: str | None = None) -> T:
@@ -159,7 +343,7 @@ def load_device(name: str) -> DeviceSpec:
     carries (`llmsim calibrate --device cpu` makes such a profile)."""
     try:
         return _load_catalog_device(name)
-    except LlmsimError as exc:
+    except NotInCatalog as exc:
         carried = _carried_device(name.lower())
         if carried is None:
             raise exc from None
@@ -185,12 +369,20 @@ _load_cluster = _loader("cluster", ClusterSpec)
 def load_node(name: str) -> NodeSpec:
     """A node by name or path, its device inlined."""
     node = _load_node(name)
-    return node.model_copy(update={"device": device_of(node.device)})
+    try:
+        device = device_of(node.device)
+    except LlmsimError as exc:
+        raise _placed(exc, find("node", name), "device") from None
+    return node.model_copy(update={"device": device})
 
 
 def load_cluster(name: str) -> ClusterSpec:
     """A cluster by name or path, its nodes and devices inlined (see `resolve_cluster`)."""
-    return resolve_cluster(_load_cluster(name))
+    spec = _load_cluster(name)
+    try:
+        return resolve_cluster(spec)
+    except LlmsimError as exc:
+        raise _placed(exc, find("cluster", name), exc.key or "node") from None
 
 
 load_profile = _loader("calibration", Profile, "A calibration profile by name or path.")
@@ -202,11 +394,11 @@ def profile_for(device: DeviceSpec) -> Profile | None:
     if device.calibration:
         try:
             return load_profile(device.calibration)
-        except LlmsimError as exc:
+        except NotInCatalog as exc:
             raise LlmsimError(exc.message, key=f"device {device.name}: calibration") from None
     for root in roots():  # by convention a profile is named after its device
         direct = root / KINDS["calibration"] / f"{device.name}.yaml"
-        if direct.is_file():
+        if is_file(direct):
             profile = load_profile(str(direct))
             if profile.device == device.name:
                 return profile
@@ -225,39 +417,67 @@ def node_of(ref: str | NodeSpec) -> NodeSpec:
     return ref if isinstance(ref, NodeSpec) else load_node(ref)
 
 
+def _resolved(load: Callable[[Any], Any], ref: Any, key: str) -> Any:
+    """A reference loaded; an error without a file placed at `key` (relative to the
+    cluster), one inside the referenced file kept as it is."""
+    try:
+        return load(ref)
+    except LlmsimError as exc:
+        if exc.file:
+            raise LlmsimError(exc.message, file=exc.file, key=exc.key) from None
+        raise LlmsimError(exc.message, key=key) from None
+
+
 def resolve_cluster(spec: ClusterSpec) -> ClusterSpec:
     """The same cluster with every referenced node and device inlined, so the spec
-    alone reproduces a run (the resolved scenario written beside results)."""
+    alone reproduces a run (the resolved scenario written beside results). An unknown
+    reference is an error at its key (`node`, `node.device`, `torus.device`)."""
     if spec.torus is not None:
-        torus = spec.torus.model_copy(update={"device": device_of(spec.torus.device)})
+        device = _resolved(device_of, spec.torus.device, "torus.device")
+        torus = spec.torus.model_copy(update={"device": device})
         return spec.model_copy(update={"torus": torus})
     assert spec.node is not None
-    node = node_of(spec.node)
-    node = node.model_copy(update={"device": device_of(node.device)})
+    node = _resolved(node_of, spec.node, "node")
+    node = node.model_copy(update={"device": _resolved(device_of, node.device, "node.device")})
     return spec.model_copy(update={"node": node})
 
 
 def cluster_from_ref(ref: str) -> ClusterSpec:
-    """A cluster by name; a node name means one such node."""
-    try:
-        return load_cluster(ref)
-    except LlmsimError as exc:
-        try:
+    """A cluster by name; a node name means one such node. A name neither answers to is
+    NotInCatalog; a broken file that does answer is that file's own error. A path is a
+    node file when it gives `devices_per_node`, else a cluster file."""
+    candidate = Path(ref).expanduser()
+    if candidate.suffix in (".yaml", ".yml") and is_file(candidate):
+        raw = read_yaml(candidate)
+        if isinstance(raw, dict) and "devices_per_node" in raw:
             node = load_node(ref)
-        except LlmsimError:
+            return ClusterSpec(name=node.name, node=node, nodes=1)
+        return load_cluster(ref)
+    try:
+        find("cluster", ref)
+    except NotInCatalog:
+        try:
+            find("node", ref)
+        except NotInCatalog:
             names = [e.name for k in ("cluster", "node") for e in entries(k)]
-            raise unknown_name("cluster", ref, names) from exc
+            raise NotInCatalog(unknown_name("cluster", ref, names).message) from None
+        node = load_node(ref)
         return ClusterSpec(name=node.name, node=node, nodes=1)
+    return load_cluster(ref)
 
 
 @functools.cache
 def load_model(name: str) -> ModelSpec:
     """A model by catalog name, Hugging Face alias, YAML path or `config.json` path."""
     candidate = Path(name).expanduser()
-    if candidate.is_dir() and (candidate / "config.json").is_file():
+    if is_dir(candidate) and is_file(candidate / "config.json"):
         candidate = candidate / "config.json"
-    if candidate.suffix == ".json" and candidate.is_file():
-        return model_from_hf_config(candidate)
+    if candidate.suffix == ".json" and is_file(candidate):
+        try:
+            return model_from_hf_config(candidate)
+        except LlmsimError as exc:  # its messages quote config values whole: bound them
+            message = clipped_to(exc.message, MAX_MESSAGE)
+            raise LlmsimError(message, file=exc.file, key=exc.key) from None
     path = find("model", name)
     return _parse(ModelSpec, read_yaml(path), str(path))
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from sim.errors import LlmsimError
 from sim.spec import catalog
+from sim.spec.base import shown
 
 _RECIPE_META = ("name", "description", "source", "aliases", "notes")
 
@@ -33,17 +34,17 @@ def merge_recipe(
         return dict(data), {}
     name = data["recipe"]
     if not isinstance(name, str) or not name:
-        raise LlmsimError(f"expected a recipe name, got {name!r}", key="recipe")
+        raise LlmsimError(f"expected a recipe name, got {shown(name)}", key="recipe")
     local = (base_dir or Path.cwd()) / name
     try:
-        path = local if local.suffix in (".yaml", ".yml") and local.is_file() else None
+        path = local if local.suffix in (".yaml", ".yml") and catalog.is_file(local) else None
         path = path or catalog.find("workload", name)
-    except LlmsimError:
+    except catalog.NotInCatalog:
         recipes = sorted(e.name for e in catalog.entries("workload") if e.path.suffix == ".yaml")
-        message = f"unknown recipe {name!r}; valid recipes: {', '.join(recipes)}"
+        message = f"unknown recipe {shown(name)}; valid recipes: {', '.join(recipes)}"
         raise LlmsimError(message, key="recipe") from None
     if path.suffix not in (".yaml", ".yml"):
-        raise LlmsimError(f"{name!r} is not a recipe (.yaml)", key="recipe")
+        raise LlmsimError(f"{shown(name)} is not a recipe (.yaml)", key="recipe")
     path = path.resolve()
     if path in seen:
         raise LlmsimError("recipe includes itself", file=str(path), key="recipe")

@@ -20,7 +20,7 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator
 from sim.errors import LlmsimError
 from sim.registry import SCHEDULES
 from sim.spec import catalog
-from sim.spec.base import Spec, validation_error
+from sim.spec.base import Spec, clipped, shown, validation_error
 from sim.spec.hardware import ClusterSpec
 from sim.spec.model import ModelSpec
 from sim.spec.offload import OffloadSpec
@@ -192,15 +192,18 @@ class Scenario(Spec):
 def apply_override(data: dict[str, Any], assignment: str) -> None:
     """Apply `a.b.c=value` (value parsed as YAML) to the raw scenario mapping."""
     if "=" not in assignment:
-        raise LlmsimError(f"--set expects key.path=value, got {assignment!r}")
+        raise LlmsimError(f"--set expects key.path=value, got {shown(assignment)}")
     path, raw = assignment.split("=", 1)
     keys = [k for k in path.strip().split(".") if k]
     if not keys:
-        raise LlmsimError(f"--set expects key.path=value, got {assignment!r}")
+        raise LlmsimError(f"--set expects key.path=value, got {shown(assignment)}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = catalog.load_yaml_text(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    except LlmsimError as exc:  # a duplicate key or an alias bomb in the value
+        key = ".".join([*keys, *([exc.key] if exc.key else [])])
+        raise LlmsimError(f"{exc.message} (in --set)", key=clipped(key)) from None
     node: Any = data
     for i, key in enumerate(keys[:-1]):
         if not isinstance(node, dict):
@@ -222,6 +225,19 @@ def _expand_ref(key: str, name: str) -> dict[str, Any]:
     return catalog.cluster_from_ref(name).model_dump(by_alias=True)
 
 
+def _in_scenario(exc: LlmsimError, file: str | None, key: str) -> LlmsimError:
+    """An error met resolving the scenario's `key` (a model or cluster reference). One
+    inside a catalog file (or a model's config.json) names that file and its key, not
+    the scenario; any other is placed at `key` of the scenario (a key relative to the
+    reference, such as `node.device`, goes under it)."""
+    if exc.file and exc.file != file:
+        return LlmsimError(exc.message, file=exc.file, key=exc.key)
+    sub = exc.key
+    if sub and not (sub == key or sub.startswith(f"{key}.")):
+        sub = f"{key}.{sub}"
+    return LlmsimError(exc.message, file=file, key=sub or key)
+
+
 def _resolve_refs(data: dict[str, Any], file: str | None, base_dir: Path) -> dict[str, Any]:
     out = dict(data)
     for key in ("cluster", "model"):
@@ -231,10 +247,12 @@ def _resolve_refs(data: dict[str, Any], file: str | None, base_dir: Path) -> dic
     try:
         if isinstance(model, str):
             path = base_dir / model
-            ref = str(path) if path.suffix in (".yaml", ".json") and path.exists() else model
-            out["model"] = catalog.load_model(ref).model_dump(by_alias=True)
+            local = path.suffix in (".yaml", ".json") and catalog.is_file(path)
+            out["model"] = catalog.load_model(str(path) if local else model).model_dump(
+                by_alias=True
+            )
     except LlmsimError as exc:
-        raise LlmsimError(exc.message, file=file, key="model") from None
+        raise _in_scenario(exc, file, "model") from None
     cluster = out["cluster"]
     try:
         if isinstance(cluster, str):
@@ -242,11 +260,12 @@ def _resolve_refs(data: dict[str, Any], file: str | None, base_dir: Path) -> dic
         elif isinstance(cluster, dict):
             spec = catalog.parse_spec(ClusterSpec, cluster, file or "", "cluster")
         else:
-            raise LlmsimError("expected a cluster name or mapping", key="cluster")
+            raise LlmsimError(
+                f"expected a cluster name or mapping, got {shown(cluster)}", key="cluster"
+            )
         out["cluster"] = catalog.resolve_cluster(spec).model_dump(by_alias=True)
     except LlmsimError as exc:
-        key = exc.key if exc.key and exc.key.startswith("cluster") else "cluster"
-        raise LlmsimError(exc.message, file=file, key=key) from None
+        raise _in_scenario(exc, file, "cluster") from None
     dis = out.get("disaggregation")
     if isinstance(dis, dict):
         dis = dict(dis)
@@ -265,7 +284,7 @@ def _resolve_refs(data: dict[str, Any], file: str | None, base_dir: Path) -> dic
                     )
                     spec = catalog.resolve_cluster(spec)
                 except LlmsimError as exc:
-                    raise LlmsimError(exc.message, file=file, key=exc.key or key) from None
+                    raise _in_scenario(exc, file, key) from None
                 dis[role] = {**pool, "cluster": spec.model_dump(by_alias=True)}
         out["disaggregation"] = dis
     if "workload" not in out:
@@ -285,11 +304,11 @@ def read_scenario(
         data, file, base_dir = copy.deepcopy(source), None, Path.cwd()
     else:
         path = Path(source)
-        if not path.exists():
+        if not (catalog.is_file(path) or catalog.is_dir(path)):
             try:
                 path = catalog.find("scenario", str(source))
-            except LlmsimError:
-                raise LlmsimError("file not found", file=str(source)) from None
+            except catalog.NotInCatalog:
+                raise LlmsimError("file not found", file=clipped(str(source))) from None
         raw = catalog.read_yaml(path)
         if not isinstance(raw, dict):
             raise LlmsimError("a scenario is a YAML mapping", file=str(path))

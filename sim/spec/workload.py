@@ -15,8 +15,11 @@ Assumptions
     request at once); with `duration_s` the arrivals are those in [0, duration_s).
   * Lengths are independent of arrival times and of one another, except where a trace
     or `lengths:` keeps the recorded (prompt, output) pairs together.
-  * Token counts are integers >= 1. Parametric distributions are *truncated* to
-    [min, max] (sampled by inverse CDF, so no mass piles up on a bound); recorded
+  * Token counts are integers in [1, MAX_TOKENS = 2**31 - 1] (a bound far past any
+    model's context that keeps every sum and product of counts exact in int64): a spec,
+    trace or length file outside it is an error. Parametric distributions are *truncated* to
+    [min, max] (sampled by inverse CDF, so no mass piles up on a bound; an unbounded law
+    is cut at MAX_TOKENS, and one lying almost wholly above it is an error); recorded
     lengths longer than `max_prompt`/`max_output` are *cut* to it (Vidur's convention).
   * All randomness comes from `numpy.random.SeedSequence(seed)`, one child stream per
     concern (arrivals, class choice, each class's prompt and output), so changing one
@@ -36,8 +39,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
-from sim.errors import LlmsimError
-from sim.spec.base import Seconds, Spec, validation_error
+from sim.errors import LlmsimError, valid_names
+from sim.spec.base import Seconds, Spec, shown, validation_error
 from sim.spec.recipes import merge_recipe
 from sim.spec.slo import SLOSpec
 
@@ -46,10 +49,13 @@ from sim.spec.slo import SLOSpec
 MAX_REQUESTS = 50_000_000
 # Bounded Zipf is sampled from a CDF table over its whole support.
 MAX_ZIPF_SUPPORT = 10_000_000
+# The most tokens a prompt or an output may have (see the module docstring).
+MAX_TOKENS = 2**31 - 1
 PREFIX = "workload"
 
 PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 PosInt = Annotated[int, Field(ge=1)]
+Tokens = Annotated[int, Field(ge=1, le=MAX_TOKENS)]  # a token count (or a bound on one)
 PosSeconds = Annotated[Seconds, Field(gt=0, allow_inf_nan=False)]
 
 
@@ -110,15 +116,15 @@ PROCESSES = ("burst", "constant", "gamma", "onoff", "poisson")
 
 class FixedLength(Spec):
     dist: Literal["fixed"]
-    value: PosInt
+    value: Tokens
 
 
 class UniformLength(Spec):
     """Integers min..max inclusive, equally likely."""
 
     dist: Literal["uniform"]
-    min: PosInt
-    max: PosInt
+    min: Tokens
+    max: Tokens
 
     @model_validator(mode="after")
     def _bounds(self) -> UniformLength:
@@ -127,10 +133,13 @@ class UniformLength(Spec):
         return self
 
 
-def _check_mass(lo: float, hi: float) -> None:
-    """Truncation bounds (in standard-normal units) must keep some probability."""
+def _check_mass(lo: float, hi: float, cap: float, where: str) -> None:
+    """Truncation bounds (in standard-normal units) must keep some probability; so must
+    [min, MAX_TOKENS] (`cap`) when no max is given and the draws are cut there."""
     if _normal_mass(lo, hi) < 1e-12:
         raise _bad("min", "min..max holds almost none of the distribution; widen them")
+    if hi == math.inf and _normal_mass(lo, cap) < 1e-12:
+        raise _bad(where, f"the distribution lies almost wholly above {MAX_TOKENS:,} tokens")
 
 
 class NormalLength(Spec):
@@ -139,8 +148,8 @@ class NormalLength(Spec):
     dist: Literal["normal"]
     mean: Annotated[float, Field(allow_inf_nan=False)]
     std: PosFloat
-    min: PosInt = 1
-    max: PosInt | None = None
+    min: Tokens = 1
+    max: Tokens | None = None
 
     def z_bounds(self) -> tuple[float, float]:
         hi = math.inf if self.max is None else (self.max + 0.5 - self.mean) / self.std
@@ -150,7 +159,7 @@ class NormalLength(Spec):
     def _bounds(self) -> NormalLength:
         if self.max is not None and self.max < self.min:
             raise _bad("max", f"must be >= min ({self.min}), got {self.max}")
-        _check_mass(*self.z_bounds())
+        _check_mass(*self.z_bounds(), (MAX_TOKENS + 0.5 - self.mean) / self.std, "mean")
         return self
 
 
@@ -164,8 +173,8 @@ class LognormalLength(Spec):
     median: PosFloat | None = None
     mean: PosFloat | None = None
     sigma: PosFloat
-    min: PosInt = 1
-    max: PosInt | None = None
+    min: Tokens = 1
+    max: Tokens | None = None
 
     @property
     def mu(self) -> float:
@@ -184,7 +193,8 @@ class LognormalLength(Spec):
             raise _bad("median", "give median or mean (of the untruncated law), not both")
         if self.max is not None and self.max < self.min:
             raise _bad("max", f"must be >= min ({self.min}), got {self.max}")
-        _check_mass(*self.z_bounds())
+        cap = (math.log(MAX_TOKENS + 0.5) - self.mu) / self.sigma
+        _check_mass(*self.z_bounds(), cap, "median" if self.median is not None else "mean")
         return self
 
 
@@ -193,8 +203,8 @@ class ZipfLength(Spec):
 
     dist: Literal["zipf"]
     a: PosFloat
-    min: PosInt = 1
-    max: PosInt
+    min: Tokens = 1
+    max: Tokens
 
     @model_validator(mode="after")
     def _bounds(self) -> ZipfLength:
@@ -225,8 +235,8 @@ class LengthsSpec(Spec):
     two columns `prompt_tokens,output_tokens`); longer values are cut to the maxima."""
 
     path: str = Field(min_length=1)
-    max_prompt: PosInt | None = None
-    max_output: PosInt | None = None
+    max_prompt: Tokens | None = None
+    max_output: Tokens | None = None
 
 
 class TraceSpec(Spec):
@@ -241,8 +251,8 @@ class TraceSpec(Spec):
     time_scale: PosFloat = 1.0
     start_s: Annotated[Seconds, Field(ge=0, allow_inf_nan=False)] = 0.0
     limit: PosInt | None = None
-    max_prompt: PosInt | None = None
-    max_output: PosInt | None = None
+    max_prompt: Tokens | None = None
+    max_output: Tokens | None = None
 
 
 class ClassSpec(Spec):
@@ -294,7 +304,7 @@ class WorkloadSpec(Spec):
         names = [c.name for c in self.classes or ()]
         for i, name in enumerate(names):
             if name in names[:i]:
-                raise _bad(f"classes.{i}.name", f"duplicate class name {name!r}")
+                raise _bad(f"classes.{i}.name", f"duplicate class name {shown(name)}")
         return self
 
     def _check_lengths(self) -> None:
@@ -345,7 +355,8 @@ class WorkloadSpec(Spec):
         if not self.classes and class_name == "default":
             return None
         raise LlmsimError(
-            f"unknown class {class_name!r}; valid classes: {', '.join(self.class_names)}",
+            f"unknown class {shown(class_name)}; "
+            f"{valid_names(class_name, self.class_names, 'classes')}",
             key=f"{PREFIX}.classes",
         )
 
@@ -362,7 +373,7 @@ class WorkloadSpec(Spec):
     def scaled(self, factor: float) -> WorkloadSpec:
         """The same workload offered `factor` times as fast (for load sweeps)."""
         if not factor > 0 or not math.isfinite(factor):
-            raise LlmsimError(f"load factor must be > 0, got {factor}", key=PREFIX)
+            raise LlmsimError(f"load factor must be > 0, got {shown(factor)}", key=PREFIX)
         if self.trace is not None:
             trace = self.trace.model_copy(update={"time_scale": self.trace.time_scale * factor})
             return self.model_copy(update={"trace": trace})

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from sim.errors import LlmsimError
+from sim.spec.base import shown
 from sim.spec.workload import (
     MAX_REQUESTS,
     PREFIX,
@@ -70,7 +71,7 @@ def generate(spec: WorkloadSpec, seed: int, base_dir: Path | None = None) -> Arr
     """Draw the requests of `spec`; relative paths resolve from `base_dir`, then the
     catalog roots."""
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise LlmsimError(f"expected a non-negative integer, got {seed!r}", key="seed")
+        raise LlmsimError(f"expected a non-negative integer, got {shown(seed)}", key="seed")
     classes = spec.resolved_classes()
     # Child i of a SeedSequence depends only on i, so adding a class moves no stream.
     arrival_ss, class_ss, *class_ss_list = np.random.SeedSequence(int(seed)).spawn(2 + len(classes))

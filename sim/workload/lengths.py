@@ -1,8 +1,8 @@
 """Prompt and output lengths drawn from a parametric law or a recorded column.
 
-Token counts are integers >= 1. Parametric laws are *truncated* to [min, max] (sampled
-by inverse CDF, so no mass piles up on a bound); recorded lengths are drawn with
-replacement.
+Token counts are integers in [1, MAX_TOKENS]. Parametric laws are *truncated* to [min,
+max] (sampled by inverse CDF, so no mass piles up on a bound; without a max, draws past
+MAX_TOKENS are cut to it); recorded lengths are drawn with replacement.
 """
 
 from __future__ import annotations
@@ -13,7 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from sim.spec.workload import EmpiricalLength, FixedLength, NormalLength, UniformLength, ZipfLength
+from sim.spec.workload import (
+    MAX_TOKENS,
+    EmpiricalLength,
+    FixedLength,
+    NormalLength,
+    UniformLength,
+    ZipfLength,
+)
 from sim.workload.traces import load_column, resolve_path
 
 
@@ -58,6 +65,6 @@ def draw_lengths(
         x = dist.mean + dist.std * z
     else:
         x = np.exp(dist.mu + dist.sigma * z)
-    hi = 2**53 if dist.max is None else dist.max  # "unbounded" still fits an int64
+    hi = MAX_TOKENS if dist.max is None else dist.max  # "unbounded" stops at the bound
     # Rounding maps [v - 0.5, v + 0.5) to v, which is why the bounds are widened by 0.5.
     return np.clip(np.rint(np.nan_to_num(x, posinf=hi)), dist.min, hi).astype(np.int64)

@@ -22,6 +22,8 @@ import pandas as pd
 
 from sim.errors import LlmsimError
 from sim.spec import catalog
+from sim.spec.base import clipped, shown
+from sim.spec.workload import MAX_TOKENS
 
 
 def resolve_path(path: str, base_dir: Path | None, key: str) -> Path:
@@ -34,10 +36,10 @@ def resolve_path(path: str, base_dir: Path | None, key: str) -> Path:
         bases = [base_dir if base_dir is not None else Path.cwd(), *catalog.roots()]
         candidates = [b / given for b in bases]
     for candidate in candidates:
-        if candidate.is_file():
+        if catalog.is_file(candidate):
             return candidate
-    looked = ", ".join(str(c.parent) for c in candidates)
-    raise LlmsimError(f"file not found: {path!r} (looked in {looked})", key=key)
+    looked = clipped(", ".join(str(c.parent) for c in candidates))
+    raise LlmsimError(f"file not found: {shown(path)} (looked in {looked})", key=key)
 
 
 # -------------------------------------------------------------------------- trace CSVs
@@ -62,10 +64,12 @@ def load_trace(path: Path | str, format: str = "auto") -> pd.DataFrame:
     are comments. A bad row raises LlmsimError naming the file, line and column.
     """
     if format not in ("azure", "plain", "auto"):
-        raise LlmsimError(f"unknown trace format {format!r}; valid formats: auto, azure, plain")
+        raise LlmsimError(
+            f"unknown trace format {shown(format)}; valid formats: auto, azure, plain"
+        )
     path = Path(path)
-    if not path.is_file():
-        raise LlmsimError("file not found", file=str(path))
+    if not catalog.is_file(path):
+        raise LlmsimError("file not found", file=clipped(str(path)))
     table = load_table(path, format, True)
     return pd.DataFrame(
         {
@@ -129,7 +133,8 @@ def _load_column_cached(name: str, _mtime: int, _size: int, column: str, key: st
         column = dict(zip(PLAIN_COLUMNS, AZURE_COLUMNS, strict=True)).get(column, column)
     if column not in header:
         raise LlmsimError(
-            f"no column {column!r} in {path}; its columns: {', '.join(header)}", key=key
+            f"no column {shown(column)} in {path}; its columns: {clipped(', '.join(header))}",
+            key=key,
         )
     values, row, message = _check_tokens(_read(path, [column])[column])
     if row is not None:
@@ -172,7 +177,7 @@ def _detect(path: Path, header: list[str], fmt: str, need_arrivals: bool) -> str
     if not need_arrivals and fmt != "azure":
         expected += " or prompt_tokens,output_tokens"
     raise LlmsimError(
-        f"header {','.join(header)!r} does not match the format; expected columns {expected}",
+        f"header {shown(','.join(header))} does not match the format; expected columns {expected}",
         file=str(path),
     )
 
@@ -198,19 +203,24 @@ _Check = tuple[np.ndarray, int | None, str]
 
 
 def _check_tokens(series: pd.Series) -> _Check:
-    """Positive integers; returns (values, first bad row or None, what is wrong there)."""
+    """Integers in [1, MAX_TOKENS]; returns (values, first bad row or None, what is
+    wrong there). A count past the bound is an error, not a wrapped int64."""
     if pd.api.types.is_integer_dtype(series.dtype) and not series.hasnans:
-        values = series.to_numpy(dtype=np.int64)
-        bad = values < 1
+        raw = series.to_numpy()  # int64 or uint64: compared before any cast
+        big = raw > MAX_TOKENS
+        bad = (raw < 1) | big
+        values = np.where(bad, 1, raw).astype(np.int64)
     else:
         num = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         with np.errstate(invalid="ignore"):
-            bad = ~np.isfinite(num) | (num < 1) | (num != np.floor(num))
+            big = num > MAX_TOKENS
+            bad = ~np.isfinite(num) | (num < 1) | big | (num != np.floor(num))
         values = np.where(bad, 1, num).astype(np.int64)
     if not bad.any():
         return values, None, ""
     row = int(np.argmax(bad))
-    return values, row, _describe(series.iloc[row], "a positive integer")
+    expected = f"a token count <= {MAX_TOKENS:,}" if big[row] else "a positive integer"
+    return values, row, _describe(series.iloc[row], expected)
 
 
 def _check_times(series: pd.Series, azure: bool) -> _Check:
@@ -235,8 +245,8 @@ def _check_times(series: pd.Series, azure: bool) -> _Check:
 def _describe(raw: Any, expected: str) -> str:
     if raw is None or (isinstance(raw, float) and math.isnan(raw)) or raw is pd.NA:
         return "missing value"
-    shown = repr(raw) if isinstance(raw, str) else str(raw)
-    return f"expected {expected}, got {shown}"
+    value = raw.item() if isinstance(raw, np.generic) else raw
+    return f"expected {expected}, got {shown(value)}"
 
 
 def _row_error(path: Path, row: int, column: str, message: str) -> LlmsimError:

@@ -60,12 +60,24 @@ class BatchingPolicy:
 
     # --- admission at arrival --------------------------------------------------------
     def reject_reason(self, req: Req) -> str | None:
-        """Why `req` can never run here (None: it can)."""
+        """Why `req` can never run here (None: it can): checked in vLLM's order, the
+        model's length first, then the policy's own step budget, then the KV cache; the
+        reason reads "category: details", with the numbers."""
+        return self.length_reason(req) or self.budget_reason(req) or self.kv_reason(req)
+
+    def length_reason(self, req: Req) -> str | None:
         if req.prompt + req.output > self.ctx.max_model_len:
             return (
-                f"exceeds max_model_len: prompt + output = {req.prompt + req.output} > "
-                f"{self.ctx.max_model_len}"
+                f"exceeds max_model_len: prompt + output = {req.prompt} + {req.output} = "
+                f"{req.prompt + req.output} > {self.ctx.max_model_len}"
             )
+        return None
+
+    def budget_reason(self, req: Req) -> str | None:
+        """A bound of the policy's own on what one step may carry (none here)."""
+        return None
+
+    def kv_reason(self, req: Req) -> str | None:
         need = self.st.blocks.blocks_for(self.kv_need(req))
         if need > self.st.blocks.total:
             return f"never fits the KV cache: needs {need} blocks of {self.st.blocks.total}"

@@ -15,12 +15,13 @@ from sim.engine.state import NEVER
 from sim.registry import POLICIES
 from sim.spec.base import Bytes
 from sim.spec.scheduler import CommonParams
+from sim.spec.workload import MAX_TOKENS
 
 
 class VllmParams(CommonParams):
     max_num_seqs: int = Field(default=256, gt=0)
     max_num_batched_tokens: int | None = Field(
-        default=None, gt=0, description="default: max(max_model_len, 2048)"
+        default=None, gt=0, le=MAX_TOKENS, description="default: max(max_model_len, 2048)"
     )
     preemption: Literal["recompute", "swap"] = "recompute"
     swap_space_bytes: Bytes = Field(default=4 * 2**30, alias="swap_space", ge=0)
@@ -33,10 +34,11 @@ class VllmPolicy(BatchingPolicy):
     Params = VllmParams
     params: VllmParams
 
-    def reject_reason(self, req: Req) -> str | None:
+    def budget_reason(self, req: Req) -> str | None:
+        # A prompt prefills in one step here (no chunking): it must fit the step budget.
         if req.prompt > self.token_cap:
             return f"exceeds max_num_batched_tokens: prompt {req.prompt} > {self.token_cap}"
-        return super().reject_reason(req)
+        return None
 
     def schedule(self, now: float) -> Step | float | None:
         st = self.st
