@@ -10,7 +10,7 @@ import pytest
 
 from sim.cost.topology import build_cluster
 from sim.errors import LlmsimError
-from sim.spec import catalog
+from sim.spec import catalog, yamlio
 from sim.spec.scenario import read_scenario
 from tests.cli_helpers import run_cli
 
@@ -50,7 +50,7 @@ def test_every_device_number_has_a_source():
         "price_per_hour",
     )
     for entry in catalog.entries("device"):
-        raw = catalog.read_yaml(entry.path)
+        raw = yamlio.read_yaml(entry.path)
         for key in numeric:
             if key in raw:
                 assert key in raw["sources"], f"{entry.name}: {key} has no source"
@@ -59,7 +59,7 @@ def test_every_device_number_has_a_source():
 def test_every_node_and_model_cites_sources():
     for kind in ("node", "model"):
         for entry in catalog.entries(kind):
-            raw = catalog.read_yaml(entry.path)
+            raw = yamlio.read_yaml(entry.path)
             assert raw.get("sources"), f"{entry.name} has no sources"
 
 
@@ -93,7 +93,7 @@ def test_malformed_yaml_names_file_and_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\npeak_flops: {fp16: 1\n")
     with pytest.raises(LlmsimError, match=r"bad.yaml: line \d+: malformed YAML"):
-        catalog.read_yaml(bad)
+        yamlio.read_yaml(bad)
 
 
 def test_user_catalog_path_shadows_shipped_files(tmp_path, monkeypatch):

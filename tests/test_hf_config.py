@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 
 from sim.errors import LlmsimError
-from sim.spec.catalog import clear_cache, entries, load_model, read_yaml
+from sim.spec.catalog import clear_cache, entries, load_model
 from sim.spec.hf_config import model_from_hf_config
 from sim.spec.model import ModelSpec
+from sim.spec.yamlio import read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CALIBRATION = ROOT.parent / "shared" / "data" / "calibration" / "vidur" / "profiling" / "compute"

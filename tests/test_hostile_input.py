@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from sim.errors import LlmsimError
-from sim.spec import catalog
+from sim.spec import catalog, yamlio
 from sim.spec.base import MAX_SHOWN
 from sim.spec.workload import MAX_TOKENS, parse_workload
 from sim.workload.arrivals import generate
@@ -75,13 +75,13 @@ def test_duplicates_anywhere_are_errors(tmp_path, text):
     path = tmp_path / "d.yaml"
     path.write_text(text)
     with pytest.raises(LlmsimError, match=r"line \d+: duplicate key \(first given on line \d+\)"):
-        catalog.read_yaml(path)
+        yamlio.read_yaml(path)
 
 
 def test_merge_keys_may_still_be_overridden(tmp_path):
     path = tmp_path / "m.yaml"
     path.write_text("base: &b {a: 1, c: 2}\nx:\n  <<: *b\n  a: 5\n")
-    assert catalog.read_yaml(path) == {"base": {"a": 1, "c": 2}, "x": {"a": 5, "c": 2}}
+    assert yamlio.read_yaml(path) == {"base": {"a": 1, "c": 2}, "x": {"a": 5, "c": 2}}
 
 
 def test_duplicate_key_in_a_catalog_file_and_a_recipe(tmp_path):
@@ -104,7 +104,7 @@ def test_duplicate_key_in_a_set_value(capsys):
 def test_the_checked_reader_reads_what_yaml_reads():
     for path in [*ROOT.glob("scenarios/*.yaml"), *ROOT.glob("hardware/calibration/*.yaml")]:
         text = path.read_text()
-        assert catalog.load_yaml_text(text) == yaml.safe_load(text), path
+        assert yamlio.load_yaml_text(text) == yaml.safe_load(text), path
 
 
 # --------------------------------------------------------------------------- alias bombs
@@ -132,7 +132,7 @@ def test_recursive_alias_is_an_error(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("a: 1\nb: &x\n  - *x\n")
     with pytest.raises(LlmsimError) as info:
-        catalog.read_yaml(path)
+        yamlio.read_yaml(path)
     assert str(info.value) == (
         f"{path}: b.0: an alias of the list anchored on line 2, inside that list "
         "(a recursive alias)"
@@ -142,7 +142,7 @@ def test_recursive_alias_is_an_error(tmp_path):
 def test_modest_aliases_are_fine(tmp_path):
     path = tmp_path / "ok.yaml"
     path.write_text("x: &v {dist: fixed, value: 8}\nprompt: *v\noutput: *v\n")
-    assert catalog.read_yaml(path)["output"] == {"dist": "fixed", "value": 8}
+    assert yamlio.read_yaml(path)["output"] == {"dist": "fixed", "value": 8}
 
 
 # ---------------------------------------------------- values YAML cannot turn into Python

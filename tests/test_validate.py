@@ -15,7 +15,7 @@ from sim.errors import LlmsimError
 from sim.fidelity.rows import NOT_REPRODUCIBLE, OK, SKIPPED, Report, Row, summarize
 from sim.fidelity.validate import default_data_path, validate
 from sim.plan.analyze import analyze
-from sim.spec import catalog
+from sim.spec import catalog, yamlio
 from tests.cli_helpers import run_cli
 
 DATA = default_data_path()
@@ -272,7 +272,7 @@ def test_the_shipped_measurements_are_the_published_ones():
     if not derive.SOURCE.is_file():
         pytest.skip("../shared is not beside this checkout")
     assert DATA.read_text() == derive.derived(), "run python bench/derive_measurements.py"
-    for entry in catalog.read_yaml(DATA)["measurements"]:
+    for entry in yamlio.read_yaml(DATA)["measurements"]:
         assert entry.get("source"), entry["id"]
 
 

@@ -50,7 +50,7 @@ from sim.fidelity.rows import (
     summarize,
     unpriced_row,
 )
-from sim.spec import catalog
+from sim.spec import yamlio
 
 Handler = Callable[[dict[str, Any], Options], list[Row]]
 
@@ -93,7 +93,7 @@ def load_measurements(path: Path) -> list[Any]:
         raise LlmsimError(
             "measurements file not found (give another with --data PATH)", file=str(path)
         )
-    data = catalog.read_yaml(path)
+    data = yamlio.read_yaml(path)
     entries = data.get("measurements") if isinstance(data, dict) else None
     if not isinstance(entries, list):
         raise LlmsimError(

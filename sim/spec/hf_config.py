@@ -53,7 +53,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from sim.errors import LlmsimError
-from sim.spec.base import validation_error
+from sim.spec.base import shown, validation_error
 from sim.spec.model import ModelSpec
 
 Activation = Literal["gelu", "relu", "silu"]
@@ -168,7 +168,7 @@ class _Config:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise self.error(f"expected a positive integer, got {value!r}", key)
+            raise self.error(f"expected a positive integer, got {shown(value)}", key)
         return key, value
 
     def required_int(self, keys: tuple[str, ...]) -> tuple[str, int]:
@@ -183,7 +183,7 @@ class _Config:
         if value is None:
             return default
         if not isinstance(value, bool):
-            raise self.error(f"expected true or false, got {value!r}", key)
+            raise self.error(f"expected true or false, got {shown(value)}", key)
         return value
 
 
@@ -219,7 +219,7 @@ def _family(cfg: _Config) -> tuple[str, _Family]:
             )
     if not isinstance(model_type, str) or model_type not in FAMILIES:
         raise cfg.error(
-            f"unsupported model_type {model_type!r}; supported: {', '.join(sorted(FAMILIES))}",
+            f"unsupported model_type {shown(model_type)}; supported: {', '.join(sorted(FAMILIES))}",
             "model_type",
         )
     return model_type, FAMILIES[model_type]
@@ -232,7 +232,7 @@ def _activation(cfg: _Config, family: _Family) -> Activation:
     key, value = found
     if not isinstance(value, str) or value.lower() not in _ACTIVATIONS:
         raise cfg.error(
-            f"unsupported activation {value!r}; supported: {', '.join(sorted(_ACTIVATIONS))}",
+            f"unsupported activation {shown(value)}; supported: {', '.join(sorted(_ACTIVATIONS))}",
             key,
         )
     return _ACTIVATIONS[value.lower()]

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sim.errors import LlmsimError
-from sim.spec import catalog
+from sim.spec import catalog, yamlio
 from sim.spec.base import shown
 
 _RECIPE_META = ("name", "description", "source", "aliases", "notes")
@@ -48,7 +48,7 @@ def merge_recipe(
     path = path.resolve()
     if path in seen:
         raise LlmsimError("recipe includes itself", file=str(path), key="recipe")
-    raw = catalog.read_yaml(path)
+    raw = yamlio.read_yaml(path)
     if not isinstance(raw, dict):
         raise LlmsimError("expected a mapping", file=str(path))
     recipe = _rebase_paths({k: v for k, v in raw.items() if k not in _RECIPE_META}, path.parent)

@@ -19,7 +19,7 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator
 
 from sim.errors import LlmsimError
 from sim.registry import SCHEDULES
-from sim.spec import catalog
+from sim.spec import catalog, yamlio
 from sim.spec.base import Spec, clipped, shown, validation_error
 from sim.spec.hardware import ClusterSpec
 from sim.spec.model import ModelSpec
@@ -198,7 +198,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     if not keys:
         raise LlmsimError(f"--set expects key.path=value, got {shown(assignment)}")
     try:
-        value = catalog.load_yaml_text(raw) if raw.strip() else ""
+        value = yamlio.load_yaml_text(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     except LlmsimError as exc:  # a duplicate key or an alias bomb in the value
@@ -309,7 +309,7 @@ def read_scenario(
                 path = catalog.find("scenario", str(source))
             except catalog.NotInCatalog:
                 raise LlmsimError("file not found", file=clipped(str(source))) from None
-        raw = catalog.read_yaml(path)
+        raw = yamlio.read_yaml(path)
         if not isinstance(raw, dict):
             raise LlmsimError("a scenario is a YAML mapping", file=str(path))
         data, file, base_dir = raw, str(path), path.resolve().parent

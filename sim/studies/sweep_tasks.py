@@ -15,7 +15,7 @@ import yaml
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from sim.errors import LlmsimError
-from sim.spec import catalog
+from sim.spec import yamlio
 from sim.spec.base import Spec, validation_error
 from sim.studies.variants import VaryAxis, expand, split_top_level
 
@@ -153,8 +153,8 @@ def _grid_axis(
         elif isinstance(value, str):
             try:
                 texts = [p.strip() for p in split_top_level(value, ":")]
-                parts = [yaml.safe_load(t) for t in texts]
-            except (ValueError, yaml.YAMLError) as exc:
+                parts = [yamlio.load_yaml_text(t) for t in texts]
+            except (ValueError, yaml.YAMLError, LlmsimError) as exc:
                 raise LlmsimError(f"{exc} in value {value!r}", key=where) from None
         else:
             raise LlmsimError(
@@ -221,7 +221,7 @@ def load_sweep(path: str | Path, output: str | Path | None = None) -> Sweep:
     file = Path(path)
     if not file.exists():
         raise LlmsimError("file not found", file=str(path))
-    raw = catalog.read_yaml(file)
+    raw = yamlio.read_yaml(file)
     if not isinstance(raw, dict):
         raise LlmsimError("a sweep is a YAML mapping", file=str(path))
     try:

@@ -16,6 +16,8 @@ from typing import Any
 import yaml
 
 from sim.errors import LlmsimError
+from sim.spec.base import shown
+from sim.spec.yamlio import load_yaml_text
 
 _OPEN = {"{": "}", "[": "]", "(": ")"}
 _CLOSE = {v: k for k, v in _OPEN.items()}
@@ -99,9 +101,11 @@ def parse_vary(spec: str, where: str = "--vary") -> VaryAxis:
             if not part:
                 raise bad(f"{key} has an empty value in {spec!r}")
             try:
-                yaml.safe_load(part)
+                load_yaml_text(part)
             except yaml.YAMLError:
-                raise bad(f"{key}: {part!r} is not valid YAML") from None
+                raise bad(f"{key}: {shown(part)} is not valid YAML") from None
+            except LlmsimError as exc:
+                raise bad(f"{key}: {exc.message}") from None
         points.append(tuple(parts))
     return VaryAxis(keys, tuple(points))
 
@@ -129,7 +133,7 @@ class Variant:
 
     def values(self) -> dict[str, Any]:
         """The varied keys with their values parsed as YAML."""
-        return {k: yaml.safe_load(v) for k, v in self.assignments}
+        return {k: load_yaml_text(v) for k, v in self.assignments}
 
 
 def expand(axes: Sequence[VaryAxis]) -> list[Variant]:
