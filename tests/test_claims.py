@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import simpy
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sim.arith.ops import Work, causal_pairs, layer_plan, op_flops
 from sim.arith.params import flops_per_token
@@ -17,6 +19,7 @@ from sim.engine.records import Recorder
 from sim.engine.request import Req
 from sim.engine.resources import Links
 from sim.engine.run import build_replica
+from sim.plan.analyze import analyze
 from sim.plan.deploy import deploy
 from sim.results.run import simulate
 from sim.spec.catalog import load_model
@@ -345,3 +348,85 @@ def test_offload_streams_hold_their_links():
     hold = 3 * step_s
     held, _, _ = first_token(hold)
     assert held == pytest.approx(hold + stream_s, rel=1e-9)
+
+
+# ------------------------------------------------------------- 4. honest floors
+
+
+def test_the_audits_pipelined_prompt_is_not_below_the_floor():
+    """Hybrid, 32 prefill micro-batches, one 4,000-token prompt of Llama-2-7B on pp 8:
+    83 ms against a floor of 191 ms in the audit. Pipelining a prompt's tokens through
+    the stages is legitimate (each chunk's attention over the chunks before it is
+    priced); the floor of a pipelined prefill is the busiest stage's share."""
+    s = scenario(
+        cluster="dgx-a100",
+        parallel={"pp": 8, "pipeline": {"schedule": "hybrid", "prefill_microbatches": 32}},
+        workload={
+            "requests": 1,
+            "arrival": {"process": "burst"},
+            "prompt": {"dist": "fixed", "value": 4000},
+            "output": {"dist": "fixed", "value": 2},
+        },
+    )
+    ttft = float(simulate(s).requests["first_token_s"][0])
+    floor = analyze_scenario_floor(s, 4000)
+    assert floor <= ttft
+    one_stage = analyze("llama-2-7b", "a100-80gb-sxm", prompt=4000, output=2)
+    assert floor == pytest.approx(one_stage.prefill_latency_floor_s / 8, rel=1e-9)
+
+
+def analyze_scenario_floor(s, prompt: int) -> float:
+    """analyze's prefill floor of one `prompt`-token request on the scenario's replica."""
+    par = s.parallel
+    a = analyze(
+        s.model,
+        s.cluster,
+        tp=par.tp,
+        pp=par.pp,
+        batch=1,
+        prompt=prompt,
+        output=1,
+        dtype=s.precision.weights,
+        activation_dtype=s.precision.activations,
+    )
+    return a.prefill_latency_floor_s
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    pp=st.sampled_from([1, 2, 4, 8]),
+    tp=st.sampled_from([1, 2]),
+    schedule=st.sampled_from(["fill-drain", "continuous", "hybrid"]),
+    microbatches=st.integers(1, 32),
+    policy=st.sampled_from(["vllm", "sarathi", "orca"]),
+    lo=st.integers(16, 3000),
+    requests=st.integers(1, 4),
+)
+def test_no_first_token_comes_before_analyzes_prefill_floor(
+    pp, tp, schedule, microbatches, policy, lo, requests
+):
+    if pp * tp > 8:
+        tp = 1
+    pipeline = {"schedule": schedule}
+    if schedule == "hybrid":
+        pipeline["prefill_microbatches"] = microbatches
+    else:
+        pipeline["microbatches"] = microbatches
+    s = scenario(
+        cluster="dgx-a100",
+        parallel={"pp": pp, "tp": tp, "pipeline": pipeline},
+        scheduler={"policy": policy, "max_model_len": 4096}
+        if policy != "sarathi"
+        else {"policy": "sarathi", "chunk_size": 512, "max_model_len": 4096},
+        workload={
+            "requests": requests,
+            "arrival": {"process": "constant", "rate": 50.0},
+            "prompt": {"dist": "uniform", "min": lo, "max": lo + 1000},
+            "output": {"dist": "fixed", "value": 2},
+        },
+    )
+    res = simulate(s)
+    done = res.requests[res.requests["status"] == "finished"]
+    for _, r in done.iterrows():
+        floor = analyze_scenario_floor(s, int(r["prompt_tokens"]))
+        assert r["first_token_s"] - r["arrival_s"] >= floor * (1 - 1e-9)

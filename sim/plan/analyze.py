@@ -7,7 +7,10 @@ and the TP layout and attention split given (default: Megatron's 1D layout, atte
 by heads), sized as the simulator sizes a replica (`sim.cost.layouts.layout_weights`,
 `sim.plan.layers.plan_attention`). Latency floors use the ideal roofline (peak FLOP/s,
 peak bandwidth, no launch overhead, no communication), so a simulated or measured
-latency can never be lower.
+latency can never be lower. With pp > 1 stages, a prompt's tokens may pipeline through
+the stages (TeraPipe: each chunk attends over the chunks before it), so the prefill
+floor is the whole step's work spread evenly over the stages, the least any stage can
+hold; a decode token must cross every stage in turn, so the decode floor is their sum.
 
 Hardware is a device, a node or a cluster; a node or cluster also bounds tp × pp by
 the devices it has. A scenario gives all of it (`analyze_scenario`).
@@ -257,6 +260,7 @@ def analyze(
 
     prefill = Work.prefill(batch, prompt)
     t_pre, f_pre, b_pre = _step_floor(spec, device, tp, pp, precision, prefill, batch, split)
+    t_pre /= pp  # the busiest of pp stages holds at least 1/pp of the step's work
     decode = Work.decode(batch, spec.kv_tokens_kept(prompt))
     t_dec, f_dec, b_dec = _step_floor(spec, device, tp, pp, precision, decode, batch, split)
     ridge = device.ridge_flops_per_byte(precision.compute_dtype)
