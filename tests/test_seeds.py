@@ -10,10 +10,12 @@ slides; 004 = ZOMI, "大模型推理显存分析" slides.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from sim.arith.memory import kv_bytes_peak, kv_bytes_per_token
-from sim.arith.ops import Op, Work, op_flops
+from sim.arith.ops import Op, Work, layer_plan, op_bytes, op_flops
 from sim.arith.params import (
     attention_params,
     flops_per_token,
@@ -22,6 +24,8 @@ from sim.arith.params import (
     non_embedding_params,
     total_params,
 )
+from sim.arith.precision import Precision
+from sim.cost.roofline import RooflineKernel
 from sim.plan.analyze import analyze
 from sim.spec.catalog import load_device, load_model
 from sim.spec.model import ModelSpec
@@ -49,13 +53,13 @@ def gpt_block(name: str, layers: int, d: int, heads: int, d_head: int | None = N
 # --------------------------------------------------------------------------- seed 003
 
 
-def test_seed003_line138_params_per_layer_12d2_plus_13d():
-    # 003:130-138: Q,K,V,O [d,d] + their biases, two LayerNorms, W1 [d,4d], W2 [4d,d].
+def test_seed003_line38_params_per_layer_12d2_plus_13d():
+    # 003:30-38: Q,K,V,O [d,d] + their biases, two LayerNorms, W1 [d,4d], W2 [4d,d].
     for d in (768, 1024, 1536, 12288):
         assert layer_params(gpt_block("x", 1, d, 16)) == 12 * d * d + 13 * d
 
 
-# 003:151-157, the table: (model, layers, d, heads, printed params, printed GB (fp32, GiB)).
+# 003:51-57, the table: (model, layers, d, heads, printed params, printed GB (fp32, GiB)).
 TABLE_003 = [
     ("bert-base", 12, 768, 12, 84.94e6, 0.3164),
     ("bert-large", 24, 1024, 16, 302.00e6, 1.1250),
@@ -71,7 +75,7 @@ TABLE_003 = [
 
 @pytest.mark.parametrize(("name", "layers", "d", "heads", "printed", "printed_gb"), TABLE_003)
 def test_seed003_table_params_and_fp32_storage(name, layers, d, heads, printed, printed_gb):
-    # 003:161 #params = n_layers·(12d² + 13d); 003:163 storage = #params·4/1024³.
+    # 003:61 #params = n_layers·(12d² + 13d); 003:63 storage = #params·4/1024³.
     params = non_embedding_params(gpt_block(name, layers, d, heads))
     assert params == layers * (12 * d * d + 13 * d)
     gib = params * 4 / GiB
@@ -108,8 +112,8 @@ def test_seed003_gpt3_catalog_models_match_the_table():
     assert non_embedding_params(m13) == pytest.approx(12.68e9, rel=2e-3)
 
 
-def test_seed003_line424_flexgen_kv_move_bytes_b_s_d_4():
-    # 003:424 "The size of move KV cache is b × s × d × 4" per layer (fp16 K and V).
+def test_seed003_line324_flexgen_kv_move_bytes_b_s_d_4():
+    # 003:324 "The size of move KV cache is b × s × d × 4" per layer (fp16 K and V).
     m = load_model("opt-175b")
     b, s = 32, 512
     per_layer = kv_bytes_per_token(m, "fp16") / m.n_layers * b * s
@@ -142,10 +146,22 @@ def test_seed000_line49_kv_projection_memory_and_flops():
     h, l_ = m.d_model, m.n_layers
     tokens = 100
     split = flops_per_token(m)
-    qkv_per_token = split["qkv"]
-    kv_part = qkv_per_token * 2 / 3  # K and V of the three equal MHA projections
+    kv_part = split["qkv"] * 2 / 3  # K and V of the three equal MHA projections
     assert tokens * kv_part == tokens * 2 * 2 * l_ * h * h
-    assert 2 * 2 * l_ * h * h == 2 * (2 * l_ * h * h)  # bytes at 2 bytes per fp16 weight
+    # The bytes the code prices for the K and V columns of the layer plan's fused QKV
+    # projection, in fp16: the seed's n_bytes·2·h1² of weights per layer, plus each
+    # token's activations (its h1 input and 2·h1 K,V outputs, 2 bytes each), of which
+    # the seed writes only the input (n_token·h1) and then ignores it (000:51).
+    fp16 = Precision("fp16", "fp16", "fp16")
+    qkv = next(op for op in layer_plan(m, 1, fp16).ops if op.name == "qkv_proj")
+    assert (qkv.n, qkv.k) == (3 * h, h)
+    kv = replace(qkv, name="kv_proj", n=qkv.n - m.q_dim)
+    assert op_flops(kv, Work(tokens=tokens)) * l_ == tokens * 2 * 2 * l_ * h * h
+    seed_weight_bytes = 2 * 2 * l_ * h * h  # n_bytes·2·l·h1², n_bytes = 2
+    activations = tokens * l_ * (h + 2 * h) * 2
+    assert op_bytes(kv, Work(tokens=tokens), fp16) * l_ == seed_weight_bytes + activations
+    # At one token the weights are all of it: the seed's approximation.
+    assert op_bytes(kv, Work(tokens=1), fp16) * l_ == pytest.approx(seed_weight_bytes, rel=2e-4)
 
 
 def test_seed000_line51_a100_compute_to_bandwidth_ratio():
@@ -158,22 +174,31 @@ def test_seed000_line51_a100_compute_to_bandwidth_ratio():
 
 
 def test_seed000_line51_prefill_turns_compute_bound_near_the_ridge():
-    # "if we're going to compute KV for one token, it'll take the same amount of time
-    # to compute for up to 208 tokens": the KV projection's intensity (2 FLOPs per
-    # 2-byte weight per token) crosses the ridge at ≈ ridge tokens.
+    # 000:51 "if we're going to compute KV for one token, it'll take the same amount of
+    # time to compute for up to 208 tokens": the KV projection's intensity (2 FLOPs per
+    # 2-byte weight per token) crosses the ridge at ≈ ridge tokens. Priced by the
+    # roofline kernel itself at peak (ideal: no derating, no launch overhead).
     a100 = load_device("a100-40gb")
     ridge = a100.ridge_flops_per_byte("fp16")
+    kernel = RooflineKernel(a100, Precision("fp16", "fp16", "fp16"), ideal=True)
     d = 12288
     gemm = Op("kv", "gemm", n=2 * d, k=d)
 
     def t(tokens: int) -> float:
-        w = Work(tokens=tokens)
-        flops = op_flops(gemm, w)
-        weight_bytes = gemm.n * gemm.k * 2  # the seed ignores the n_token·h1 activations
-        return max(flops / a100.flops("fp16"), weight_bytes / a100.memory_bandwidth_bytes_per_s)
+        return kernel.op_time(gemm, Work(tokens=tokens))
 
-    assert t(1) == pytest.approx(t(int(ridge)), rel=1e-9)
+    # One token: loading the 2·d² fp16 weights, 604 MB at 1555 GB/s.
+    assert t(1) == pytest.approx(2 * d * d * 2 / 1555e9, rel=2e-4)
+    # Up to the ridge the time barely moves: the kernel also moves the tokens'
+    # activations, which the seed ignores; they add 2.4% at 200 tokens.
+    assert t(int(ridge)) == pytest.approx(t(1), rel=0.03)
+    # The kernel turns compute-bound between the exact ridge (200.6) and the seed's
+    # 208 (312/1.5): the first token count whose time is its FLOPs at peak.
+    crossover = next(n for n in range(1, 1000) if t(n) == op_flops(gemm, Work(tokens=n)) / 312e12)
+    assert 200 < crossover <= 208
+    # Beyond it the time grows with the tokens: twice the tokens, twice the time.
     assert t(2 * int(ridge)) > 1.9 * t(1)
+    assert t(800) == pytest.approx(2 * t(400), rel=1e-12)
 
 
 def test_seed000_line79_peak_kv_formula():
@@ -189,18 +214,17 @@ def test_seed000_line81_opt175b_kv_1p2tb_is_3p8x_weights():
     kv = kv_bytes_peak(m, 512, 512, 32, "fp16")
     assert kv == 1_314_259_992_576  # = 1.195 TiB: "1.2 TB"
     assert kv / 2**40 == pytest.approx(1.195, abs=1e-3)
-    weights_12h2l = 12 * m.d_model**2 * m.n_layers * 2
-    assert weights_12h2l / GiB == pytest.approx(324.0, abs=0.1)  # "325 GB" (GiB)
-    assert kv / weights_12h2l == pytest.approx(3.78, abs=0.01)  # "3.8×"
-    # With every parameter counted (biases, embeddings) the ratio is still 3.8×.
-    assert kv / (total_params(m) * 2) == pytest.approx(3.8, abs=0.05)
+    # Every parameter (biases, embeddings) in fp16: 325.2 GiB, the seed's "325 GB".
+    weights = total_params(m) * 2
+    assert weights / GiB == pytest.approx(325, abs=0.5)
+    assert kv / weights == pytest.approx(3.8, abs=0.05)  # "3.8×" (3.76)
 
 
 # --------------------------------------------------------------------------- seed 001
 
 
-def test_seed001_lines126_131_flops_split_24d2():
-    # 001:126-131: per layer 6d² QKV, 2d² attention output, 16d² FFN = 24d²;
+def test_seed001_lines8_13_flops_split_24d2():
+    # 001:8-13: per layer 6d² QKV, 2d² attention output, 16d² FFN = 24d²;
     # 25% / ~8% / ~66%.
     m = gpt_block("gpt", 1, 12288, 96)
     d = m.d_model
@@ -225,22 +249,22 @@ def test_seed001_flops_split_through_analyze_json():
     assert a.flops_split["ffn"] == pytest.approx(2 / 3, abs=1e-3)
 
 
-def test_seed001_lines141_142_gpt3_kv_per_token_4p72mb():
-    # 001:141 bytes per token = 4·n_layers·d in bf16; 001:142 GPT-3: 4.72 MB/token.
+def test_seed001_lines23_24_gpt3_kv_per_token_4p72mb():
+    # 001:22-23 bytes per token = 4·n_layers·d in bf16; 001:24 GPT-3: 4.72 MB/token.
     m = load_model("gpt3-175b")
     per_token = kv_bytes_per_token(m, "bf16")
     assert per_token == 4 * 96 * 12288 == 4_718_592
     assert per_token / 1e6 == pytest.approx(4.72, abs=0.005)
 
 
-def test_seed001_line142_gpt3_2048_tokens_is_9p7gb_not_5p6():
-    # 001:142 prints "2048 tokens need 5.6GB"; the formula gives 2048·4.72 MB = 9.66 GB.
+def test_seed001_line24_gpt3_2048_tokens_is_9p7gb_not_5p6():
+    # 001:24 prints "2048 tokens need 5.6GB"; the formula gives 2048·4.72 MB = 9.66 GB.
     m = load_model("gpt3-175b")
     assert kv_bytes_per_token(m) * 2048 == 9_663_676_416
 
 
-def test_seed001_line150_gqa_cuts_llama2_70b_kv_8x():
-    # 001:150 "without GQA ... the 70B model would need 8× the KV cache".
+def test_seed001_line32_gqa_cuts_llama2_70b_kv_8x():
+    # 001:32 "without GQA ... the 70B model would need 8× the KV cache".
     m = load_model("llama-2-70b")
     mha = m.model_copy(update={"n_kv_heads": None})
     assert kv_bytes_per_token(mha) / kv_bytes_per_token(m) == 8
@@ -252,8 +276,8 @@ def test_seed001_line150_gqa_cuts_llama2_70b_kv_8x():
     )
 
 
-def test_seed001_line151_sliding_window_caps_kv_at_4096():
-    # 001:151 the sliding window limits the KV cache to the window: 4096 tokens for
+def test_seed001_line33_sliding_window_caps_kv_at_4096():
+    # 001:33 the sliding window limits the KV cache to the window: 4096 tokens for
     # Mistral 7B (the seed writes "Llama7B").
     m = load_model("mistral-7b")
     assert m.sliding_window == 4096
@@ -262,8 +286,8 @@ def test_seed001_line151_sliding_window_caps_kv_at_4096():
     assert kv_bytes_peak(m, 1, 8000, 2000) == 4096 * kv_bytes_per_token(m)
 
 
-def test_seed001_line166_1024_cubed_matmul_is_2_gflop():
-    # 001:166 "multiplying two 1024×1024 matrices needs 1G FLOP ... 65000 per second on
+def test_seed001_line48_1024_cubed_matmul_is_2_gflop():
+    # 001:48 "multiplying two 1024×1024 matrices needs 1G FLOP ... 65000 per second on
     # a T4": the 2mnp rule gives 2.147 GFLOP, so 65 TFLOPS does ≈ 30,000 per second.
     gemm = Op("x", "gemm", n=1024, k=1024)
     flops = op_flops(gemm, Work(tokens=1024))
@@ -273,8 +297,8 @@ def test_seed001_line166_1024_cubed_matmul_is_2_gflop():
     assert t4.flops("fp16") / flops == pytest.approx(30_268, abs=1)
 
 
-def test_seed001_line170_toy_model_32kb_per_token():
-    # 001:170 d_model 1024, 8 layers: 4·8·1024 bytes = 32 KB per token; 20 tokens 640 KB.
+def test_seed001_line52_toy_model_32kb_per_token():
+    # 001:52 d_model 1024, 8 layers: 4·8·1024 bytes = 32 KB per token; 20 tokens 640 KB.
     toy = ModelSpec(
         name="toy",
         n_layers=8,
@@ -327,7 +351,7 @@ def test_seed002_line38_weight_time_inversely_proportional_to_chips():
 # --------------------------------------------------------------------------- seed 004
 
 
-LLAMA_004 = [  # 004:537-541: model, h, l, 12h², real params, FP16 size (GiB)
+LLAMA_004 = [  # 004:92-96: model, h, l, 12h², real params, FP16 size (GiB)
     ("llama-7b", 4096, 32, 6_442_450_944, 6.7e9, 12.0),
     ("llama-13b", 5120, 40, 12_582_912_000, 13.0e9, 23.4),
     ("llama-33b", 6656, 60, 31_897_681_920, 32.5e9, 59.4),
@@ -337,25 +361,34 @@ LLAMA_004 = [  # 004:537-541: model, h, l, 12h², real params, FP16 size (GiB)
 
 @pytest.mark.parametrize(("name", "h", "layers", "twelve_h2_l", "real", "fp16_gib"), LLAMA_004)
 def test_seed004_llama_12h2l_and_sizes(name, h, layers, twelve_h2_l, real, fp16_gib):
+    # The seed's first row reads "LLAMA-6B"; its h, l and sizes are LLaMA-7B's.
     m = load_model(name)
     assert (m.d_model, m.n_layers) == (h, layers)
-    # The table's "12h²" column holds 12h²·l.
-    assert 12 * h * h * layers == twelve_h2_l
+    # The table's "12h²" column holds l·12h², the seed's count (004:88) for an MHA block
+    # with a 4h-wide plain MLP and no biases: the catalog model with that MLP, counted
+    # by the code. The code also counts the two RMSNorm weight vectors of each layer
+    # (2h·l), which the seed leaves out.
+    block = m.model_copy(update={"mlp": "plain", "d_ff": 4 * h})
+    assert non_embedding_params(block) == twelve_h2_l + 2 * h * layers
     # "实际参数量" (actual parameters), from the full architecture (gated MLP, embeddings).
     assert total_params(m) == pytest.approx(real, rel=0.01)
-    # "模型大小 (FP16)": 2 bytes per parameter of 12h²·l, in GiB.
-    assert twelve_h2_l * 2 / GiB == pytest.approx(fp16_gib, abs=0.05)
+    # "模型大小 (FP16)": the fp16 weight bytes the code puts on a device for those
+    # layers (embeddings apart), in GiB.
+    fp16 = Precision("fp16", "fp16", "fp16")
+    assert layer_plan(block, 1, fp16).weight_bytes * layers / GiB == pytest.approx(
+        fp16_gib, abs=0.05
+    )
 
 
-def test_seed004_line533_params_l12h2_plus_vh():
-    # 004:533 trainable parameters l(12h²) + Vh for an MHA block (no biases counted).
+def test_seed004_line88_params_l12h2_plus_vh():
+    # 004:88 trainable parameters l(12h²) + Vh for an MHA block (no biases counted).
     m = load_model("opt-175b")
     approx = m.n_layers * 12 * m.d_model**2 + m.vocab_size * m.d_model
     assert total_params(m) == pytest.approx(approx, rel=0.005)
 
 
-def test_seed004_lines756_774_gpt3_kv_164282499072_bytes():
-    # 004:756 fp16 KV peak = 4blh(s+n); 004:772-774 GPT-3 175B, b=64, s=512, n=32:
+def test_seed004_lines311_329_gpt3_kv_164282499072_bytes():
+    # 004:311 fp16 KV peak = 4blh(s+n); 004:327-329 GPT-3 175B, b=64, s=512, n=32:
     # 164,282,499,072 bytes ≈ 164 GB, about 0.5× the model (~340 GB).
     m = load_model("gpt3-175b")
     kv = kv_bytes_peak(m, 64, 512, 32, "fp16")
@@ -365,9 +398,9 @@ def test_seed004_lines756_774_gpt3_kv_164282499072_bytes():
     assert kv / weights == pytest.approx(0.47, abs=0.01)  # "约为模型 0.5X"
 
 
-def test_seed004_lines601_605_t4_specs():
-    # 004:601-605 T4: FP16 65 TFLOPS, INT8 130 TOPS, INT4 260 TOPS, 16 GB GDDR6; the
-    # slide says 300 GB/s, the datasheet and our catalog 320 GB/s.
+def test_seed004_lines156_160_t4_specs():
+    # 004:156-160 T4: FP32 8.1 TFLOPS, FP16 65 TFLOPS, INT8 130 TOPS, INT4 260 TOPS,
+    # 16 GB GDDR6; the slide says 300 GB/s, the datasheet and our catalog 320 GB/s.
     t4 = load_device("t4")
     assert t4.flops("fp16") == 65e12
     assert t4.peak_flops["int8"] == 130e12

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -122,19 +121,20 @@ def test_duration_with_constant_rate():
     assert np.array_equal(t, np.arange(20) / 2.0)
 
 
-def test_million_requests_are_fast():
+def test_million_requests():
+    """A million requests in one call (vectorised: bench/workload_speed.py times it)."""
     s = spec(
         requests=1_000_000,
         arrival={"process": "gamma", "rate": 10, "cv": 2},
         prompt={"dist": "lognormal", "median": 512, "sigma": 0.8, "max": 4096},
         output={"dist": "zipf", "a": 1.2, "max": 2048},
     )
-    generate(s, 0)  # warm the Zipf table cache and imports
-    start = time.perf_counter()
     a = generate(s, 1)
-    elapsed = time.perf_counter() - start
     assert len(a) == 1_000_000
-    assert elapsed < 2.0, f"{elapsed:.2f} s for 1M requests (about 0.2 s expected)"
+    assert a.arrival_s[0] == 0.0 and np.all(np.diff(a.arrival_s) >= 0)
+    assert a.prompt_tokens.min() >= 1 and a.prompt_tokens.max() <= 4096
+    assert a.output_tokens.min() >= 1 and a.output_tokens.max() <= 2048
+    assert a.arrival_s[-1] == pytest.approx(1_000_000 / 10, rel=0.02)
 
 
 # ----------------------------------------------------------------------------- seeding
@@ -514,9 +514,7 @@ def test_full_azure_traces_match_their_published_statistics():
     by_id = {d["id"]: d for d in stats["datasets"]}
     for name in ("conv", "code"):
         expected = by_id[f"azure_llm_inference_2023_{name}"]["computed_here"]
-        start = time.perf_counter()
         frame = load_trace(SHARED / "traces" / f"AzureLLMInferenceTrace_{name}.csv")
-        assert time.perf_counter() - start < 2.0
         assert len(frame) == expected["rows"]
         assert frame["arrival_s"].iloc[-1] == pytest.approx(expected["duration_s"], abs=0.1)
         assert frame["prompt_tokens"].mean() == pytest.approx(
