@@ -24,20 +24,9 @@ from sim.plan.deploy import deploy
 from sim.results.run import simulate
 from sim.spec.catalog import load_model
 from tests.scenarios_for_tests import make
+from tests.test_engine import BASE as ENGINE_BASE
 
-BASE = {
-    "name": "t",
-    "cluster": "dgx-h100",
-    "model": "llama-2-7b",
-    "parallel": {"tp": 1, "pp": 1, "replicas": 1},
-    "scheduler": {"policy": "vllm"},
-    "workload": {
-        "requests": 300,
-        "arrival": {"process": "poisson", "rate": 5.0},
-        "prompt": {"dist": "uniform", "min": 16, "max": 1024},
-        "output": {"dist": "uniform", "min": 1, "max": 256},
-    },
-}
+BASE = {**ENGINE_BASE, "cluster": "dgx-h100"}
 
 
 def scenario(**changes):
