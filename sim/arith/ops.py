@@ -360,7 +360,7 @@ def op_bytes(op: Op, work: Work, precision: Precision) -> float:
         kv_write = work.decode_seqs * 2 * op.kv_heads * op.head_dim * kvb
         return (q_o + kv_read + kv_write) * op.share
     if op.kind == "elementwise":
-        return (op.read_elems + op.write_elems) * work.tokens * a
+        return (op.read_elems + op.write_elems) * work.tokens * precision.io_bytes
     return 0.0
 
 
@@ -410,7 +410,7 @@ def op_active(op: Op, work: Work) -> bool:
 
 def all_reduce_bytes(op: Op, work: Work, precision: Precision) -> float:
     """Payload of one all-reduce: every token's `elems` activations."""
-    return op.elems * work.tokens * precision.a_bytes
+    return op.elems * work.tokens * precision.io_bytes
 
 
 def lm_head_op(model: ModelSpec, tp: int) -> Op:

@@ -2,7 +2,9 @@
 
 Matmuls run at the activation dtype (weight-only int8/int4 dequantise on the fly, at
 a cost in scalar FLOPs). Group-wise int8/int4 values carry an fp16 scale and zero per
-`group_size` values, counted in their bytes.
+`group_size` values, counted in their bytes. The tensors between matmuls (the residual
+stream, its norms, all-reduces and element-wise ops) are `io`: the activation dtype,
+unless the runtime keeps them wider (FP8 GEMMs with a BF16 residual stream).
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ class Precision:
     activations: str = "bf16"
     kv: str = "bf16"
     group_size: int = 64  # int8/int4 values share an fp16 scale and zero per group
+    io: str | None = None  # between matmuls; None: the activation dtype
     w_bytes: float = field(init=False, repr=False, compare=False)
     a_bytes: float = field(init=False, repr=False, compare=False)
     kv_bytes: float = field(init=False, repr=False, compare=False)
+    io_bytes: float = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         sizes = []
@@ -46,15 +50,22 @@ class Precision:
         object.__setattr__(self, "w_bytes", sizes[0])
         object.__setattr__(self, "a_bytes", sizes[1])
         object.__setattr__(self, "kv_bytes", sizes[2])
+        try:
+            io = dtype_bytes(self.io) if self.io is not None else sizes[1]
+        except ValueError as exc:
+            raise LlmsimError(str(exc), key="runtime.io_dtype") from None
+        object.__setattr__(self, "io_bytes", io)
 
     @property
     def compute_dtype(self) -> str:
         return self.activations
 
     @classmethod
-    def of(cls, spec: PrecisionSpec) -> Precision:
-        """The precision a scenario's `precision:` asks for (KV defaults to activations)."""
-        return cls(spec.weights, spec.activations, spec.kv or spec.activations, spec.group_size)
+    def of(cls, spec: PrecisionSpec, io: str | None = None) -> Precision:
+        """The precision a scenario's `precision:` asks for (KV defaults to activations),
+        with the runtime's `io` dtype between matmuls."""
+        kv = spec.kv or spec.activations
+        return cls(spec.weights, spec.activations, kv, spec.group_size, io)
 
 
 QUANTISED = ("int8", "int4")

@@ -116,6 +116,24 @@ class CalibratedKernel:
             return launch + moved / (self.bytes_per_s * curve(math.log2(max(moved, 1.0))))
         return self.fallback.op_time(op, work)
 
+    def launch_part(self, op: Op, work: Work) -> float:
+        """The fitted launch share of an op's time (GEMMs: none; their measured times
+        are execution-bound at model shapes)."""
+        if op.kind == "all_reduce" or not op_active(op, work):
+            return 0.0
+        if op.kind == "gemm" and self.fit.gemm is not None:
+            return 0.0
+        att = self.fit.attention
+        if op.kind == "attn_prefill" and att is not None and self._prefill_eff is not None:
+            return att.prefill_launch_s
+        if op.kind == "attn_decode" and att is not None and self._decode_eff is not None:
+            return att.decode_launch_s
+        family = STREAM_FAMILY.get(op.name)
+        stream = self._streams.get(family) if family else None
+        if stream is not None:
+            return stream[0]
+        return self.fallback.launch_part(op, work)
+
     def decode_attention_times(self, op: Op, seqs: int, kv_tokens: np.ndarray) -> np.ndarray:
         """Vectorised `op_time` of decode attention over many KV totals."""
         att = self.fit.attention

@@ -59,6 +59,15 @@ Edge = tuple[str, str]
 
 
 @dataclass(frozen=True)
+class CustomAllReduce:
+    """A serving engine's all-reduce kernel for messages up to `max_bytes` inside one
+    NVLink domain (sim.spec.runtime): its fixed cost per phase."""
+
+    max_bytes: float
+    latency_s: float
+
+
+@dataclass(frozen=True)
 class Grid:
     """A group laid out as X × Y: `x_groups` are the Y groups of X devices that share
     a column (they differ along the X axes), `y_groups` the X groups of Y devices that
@@ -74,7 +83,11 @@ class CollectiveModel:
     """Collectives among one group of devices (global indices, in ring order)."""
 
     def __init__(
-        self, cluster: Cluster, devices: Sequence[int], fits: Sequence[CollectiveFit] = ()
+        self,
+        cluster: Cluster,
+        devices: Sequence[int],
+        fits: Sequence[CollectiveFit] = (),
+        custom: CustomAllReduce | None = None,
     ):
         self.cluster = cluster
         self.devices = tuple(devices)
@@ -87,6 +100,10 @@ class CollectiveModel:
         # peer's buffer at once) beats the ring for small messages.
         span = len({cluster.node_of(d) for d in self.devices})
         self.switched = fabric == "nvswitch" and span == 1
+        # A serving engine's own all-reduce kernel for small messages needs every pair of
+        # the group one hop apart: one switch, or a full mesh (xGMI).
+        direct = fabric in ("nvswitch", "nvlink-mesh") and span == 1
+        self.custom = custom if direct and custom is not None and custom.max_bytes > 0 else None
         # Measured α–β for this group: same machine type, device count and node span.
         node = cluster.node_spec.name if cluster.node_spec is not None else ""
         where = node if span == 1 else f"{node}*{span}"
@@ -278,9 +295,21 @@ class CollectiveModel:
         algos = self.all_reduce_algorithms(size_bytes)
         return min(algos, key=lambda k: algos[k]) if algos else ""
 
+    def _custom_s(self, size_bytes: float) -> float:
+        """The engine's one-shot (each device reads every peer's buffer) or two-shot
+        (reduce-scatter then all-gather through peer memory) kernel: the faster."""
+        assert self.custom is not None
+        route = self.cluster.route(f"dev{self.devices[0]}", f"dev{self.devices[1]}")
+        bw, lat = route.bandwidth_bytes_per_s, self.custom.latency_s
+        one = lat + (self.n - 1) * size_bytes / bw
+        two = 2 * lat + 2 * size_bytes * (self.n - 1) / self.n / bw
+        return min(one, two)
+
     def all_reduce_s(self, size_bytes: float) -> float:
         if self.n <= 1 or size_bytes <= 0:
             return 0.0
+        if self.custom is not None and size_bytes <= self.custom.max_bytes:
+            return self._custom_s(size_bytes)
         fit = self._fit_s("all_reduce", size_bytes)
         if fit is not None:
             return fit
@@ -387,8 +416,8 @@ class CollectiveModel:
         return Grid(
             x,
             y,
-            tuple(CollectiveModel(self.cluster, r, self.fits) for r in rows),
-            tuple(CollectiveModel(self.cluster, c, self.fits) for c in cols),
+            tuple(CollectiveModel(self.cluster, r, self.fits, self.custom) for r in rows),
+            tuple(CollectiveModel(self.cluster, c, self.fits, self.custom) for c in cols),
         )
 
 

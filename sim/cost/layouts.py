@@ -65,7 +65,7 @@ from sim.arith.memory import layer_weight_elems, local_widths
 from sim.arith.ops import Work, all_reduce_bytes, check_tp, layer_plan
 from sim.arith.params import layer_params, norm_params
 from sim.arith.precision import Precision
-from sim.cost.collectives import CollectiveModel, Edge, Grid
+from sim.cost.collectives import CollectiveModel, CustomAllReduce, Edge, Grid
 from sim.cost.topology import Cluster
 from sim.errors import LlmsimError, unknown_name
 from sim.spec.model import ModelSpec
@@ -134,7 +134,7 @@ class Layout:
     def _attention_a2a_s(self, tokens: int, group: CollectiveModel, share: int) -> float:
         """Q/K/V from head sharding to batch sharding and the output back, for a
         device that holds 1/`share` of the projections' outputs of `tokens` tokens."""
-        m, a = self.model, self.precision.a_bytes
+        m, a = self.model, self.precision.io_bytes
         qkv = tokens * (m.q_dim + 2 * m.kv_dim) * a / share
         out = tokens * m.q_dim * a / share
         return group.all_to_all_s(qkv) + group.all_to_all_s(out)
@@ -260,7 +260,7 @@ class WeightStationary2D(Layout):
         return math.sqrt(self.tp * 2 * self.model.d_model * len(full) / width)
 
     def layer_comm_breakdown(self, tokens: int) -> dict[str, float]:
-        a = self.precision.a_bytes
+        a = self.precision.io_bytes
         rows, cols = self._rows, self._cols
         e_x = tokens * (self.model.d_model // self.x) * a
         out = {"all_gather_y": 0.0, "reduce_scatter_x": 0.0, "all_gather_x": 0.0}
@@ -370,13 +370,16 @@ def build_layout(
     devices: tuple[int, ...],
     fits: Sequence[CollectiveFit] = (),
     attention: str = "heads",
+    custom: CustomAllReduce | None = None,
 ) -> Layout:
     """The layout `name` of one TP group on `devices` of `cluster`, its collectives
-    priced over the topology (and by the calibrated `fits` where they apply)."""
+    priced over the topology (and by the calibrated `fits` where they apply; small
+    all-reduces by the runtime's own kernel, `custom`, where it has one)."""
     check_layout(name, model, tp, attention)
     if len(devices) != tp:
         raise LlmsimError(f"a TP group of {tp} got {len(devices)} devices", key=KEY)
-    return LAYOUTS[name](model, tp, precision, CollectiveModel(cluster, devices, fits), attention)
+    group = CollectiveModel(cluster, devices, fits, custom)
+    return LAYOUTS[name](model, tp, precision, group, attention)
 
 
 def layout_weights(

@@ -37,10 +37,11 @@ from sim.arith.memory import (
 from sim.arith.ops import Work, layer_plan, split_work
 from sim.arith.precision import Precision
 from sim.cost.roofline import OpKernel, RooflineKernel
-from sim.cost.stage import StageCost
+from sim.cost.stage import BARE, StageCost
 from sim.spec.hardware import DeviceSpec
 from sim.spec.model import ModelSpec
 from sim.spec.offload import TENSORS, TIERS, OffloadSpec
+from sim.spec.runtime import RuntimeSpec
 
 VARIABLES = tuple(f"{t}.{tier}" for t in TENSORS for tier in TIERS)
 STREAMS = ("ctog", "gtoc", "dtoc", "ctod", "comp_gpu", "comp_cpu")
@@ -193,11 +194,18 @@ class StepPricer:
     """Prices a step of a block for any placement: what the simulator charges and what
     the policy search (sim.studies.offload_search) optimises — one model, so they agree."""
 
-    def __init__(self, model: ModelSpec, precision: Precision, machine: Machine, kernel: OpKernel):
+    def __init__(
+        self,
+        model: ModelSpec,
+        precision: Precision,
+        machine: Machine,
+        kernel: OpKernel,
+        runtime: RuntimeSpec = BARE,
+    ):
         self.model, self.precision, self.machine = model, precision, machine
         plan = layer_plan(model, 1, precision)
-        self._layer = StageCost(plan, 1, kernel, None, first=False, last=False)
-        self._ends = StageCost(plan, 0, kernel, None, first=True, last=True)
+        self._layer = StageCost(plan, 1, kernel, None, first=False, last=False, runtime=runtime)
+        self._ends = StageCost(plan, 0, kernel, None, first=True, last=True, runtime=runtime)
         self._cpu = RooflineKernel(
             machine.cpu, Precision("fp32", "fp32", precision.kv, precision.group_size)
         )

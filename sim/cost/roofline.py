@@ -35,6 +35,10 @@ class OpKernel(Protocol):
 
     def decode_attention_times(self, op: Op, seqs: int, kv_tokens: np.ndarray) -> np.ndarray: ...
 
+    def launch_part(self, op: Op, work: Work) -> float:
+        """The share of `op_time` that is launching the kernel (eager mode)."""
+        ...
+
     def source(self, op: Op) -> str: ...
 
 
@@ -80,6 +84,11 @@ class RooflineKernel:
             per_kv_dequant = 2.0 * op.kv_heads * op.head_dim * op.share * DEQUANT_FLOPS_PER_VALUE
             out = np.maximum(out, kv_tokens * per_kv_dequant / self.scalar_flops_per_s)
         return out + self.launch_s
+
+    def launch_part(self, op: Op, work: Work) -> float:
+        if op.kind == "all_reduce" or not op_active(op, work):
+            return 0.0
+        return self.launch_s
 
     def source(self, op: Op) -> str:
         return "roofline"

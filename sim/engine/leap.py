@@ -50,15 +50,34 @@ class Leap:
     growth: int
     real_growth: int
     ends: np.ndarray
+    device: np.ndarray  # cumulative device seconds after each step
 
     @staticmethod
-    def plan(cost: StageCost, st: ReplicaState, step: Step, k: int, start: float) -> Leap:
+    def plan(
+        cost: StageCost,
+        st: ReplicaState,
+        step: Step,
+        k: int,
+        start: float,
+        host_s: float = 0.0,
+        overlap: bool = False,
+    ) -> Leap:
+        """Each step takes its device time and the runtime's host time: their sum, or
+        the longer of the two where the host works ahead (`overlap`)."""
         seqs = st.decoders + step.pad_decode_seqs
         kv0 = st.kv_sum + step.pad_decode_kv
         growth = st.growing + step.pad_decode_seqs
-        times = cost.decode_times(seqs, kv0, growth, k)
+        device = cost.decode_times(seqs, kv0, growth, k)
+        times = device
+        if host_s:
+            times = np.maximum(device, host_s) if overlap else device + host_s
         ends = np.cumsum(times) + start
-        return Leap(start, seqs, st.decoders, kv0, st.kv_sum, growth, st.growing, ends)
+        used = np.cumsum(device)
+        return Leap(start, seqs, st.decoders, kv0, st.kv_sum, growth, st.growing, ends, used)
+
+    def device_s(self, steps: int) -> float:
+        """Device time of the first `steps` steps (the rest of the leap is host time)."""
+        return float(self.device[steps - 1])
 
     @staticmethod
     def blocks_used(blocks: BlockManager, step: int, steps: int) -> list[int]:

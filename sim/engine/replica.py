@@ -25,6 +25,7 @@ from sim.engine.request import DONE, REJECTED, Req
 from sim.engine.resources import Links, Stage
 from sim.engine.state import ReplicaState
 from sim.plan.deploy import ReplicaPlan
+from sim.spec.runtime import HostSpec
 
 Handoff = Callable[[Req, int, Callable[[], None]], None]
 
@@ -40,6 +41,7 @@ class Replica:
         leap: bool,
         act_bytes_per_token: float,
         schedule: PipelineSchedule,
+        host: HostSpec,
         handoff: Handoff | None = None,
     ):
         self.env = env
@@ -50,6 +52,7 @@ class Replica:
         self.links = links
         self.act_bytes_per_token = act_bytes_per_token
         self.schedule = schedule
+        self.host = host  # the runtime's host time per iteration
         # Disaggregated serving: a prefill replica hands requests off after their first
         # token; a decode replica takes them in. A colocated replica does both.
         self.handoff = handoff
@@ -214,6 +217,11 @@ class VirtualEngine:
             work, useful, logits, real_logits = self._work(step)
             start = env.now
             replica.begin_step()
+            host = replica.host
+            real_tokens = sum(chunk for _, chunk in step.prefills) + useful.decode_seqs
+            host_s = host.seconds(len(step.prefills) + useful.decode_seqs, real_tokens)
+            if host_s and not host.overlap:  # the host prepares the step; devices wait
+                yield env.timeout(host_s)
             if replica.offload is not None:
                 yield from self._offload_step(work, useful, logits, real_logits)
             else:
@@ -221,9 +229,10 @@ class VirtualEngine:
                 if single and len(batches) == 1:
                     stage = replica.stages[0]
                     t = stage.cost.time(work, logits)
-                    self._begin(stage, work, useful, logits, real_logits, start, t)
+                    gpu_start = env.now
+                    self._begin(stage, work, useful, logits, real_logits, gpu_start, t)
                     yield env.timeout(t)
-                    self._end(stage, 0, work, start, env.now)
+                    self._end(stage, 0, work, gpu_start, env.now)
                 elif len(batches) == 1:
                     yield from self._through_stages(batches[0], 0, work, useful, real_logits)
                 else:
@@ -232,6 +241,10 @@ class VirtualEngine:
                         for i, mb in enumerate(batches)
                     ]
                     yield env.all_of(runs)
+            if host_s and host.overlap and env.now < start + host_s:
+                # Asynchronous scheduling: the host readied this step while the devices
+                # ran the last one; the loop goes no faster than the host.
+                yield env.timeout(start + host_s - env.now)
             replica.end_step()
             self._commit(step, work, start, env.now)
 
@@ -448,7 +461,9 @@ class VirtualEngine:
         st = self.state
         stage = self.replica.stages[0]
         cost = stage.cost
-        leap = Leap.plan(cost, st, step, k, env.now)
+        host = self.replica.host
+        host_s = host.seconds(st.decoders, st.decoders)
+        leap = Leap.plan(cost, st, step, k, env.now, host_s, host.overlap)
         self.replica.begin_step()
         stage.begin(
             leap.start,
@@ -476,6 +491,7 @@ class VirtualEngine:
                 cost.decode_bytes(leap.seqs, leap.kv0, leap.growth, done),
                 cost.comm_part_s(leap.seqs) * done,
             ),
+            busy_s=leap.device_s(done),
         )
         self.replica.recorder.stage_span(
             self.replica.index, 0, self.index, 0, leap.start, end, "decode", leap.seqs * done

@@ -97,14 +97,21 @@ class Stage:
     ) -> None:
         self._open = (start, seconds, flops, model_flops, moved, comm)
 
-    def end(self, end: float, done: tuple[float, float, float, float] | None = None) -> None:
+    def end(
+        self,
+        end: float,
+        done: tuple[float, float, float, float] | None = None,
+        busy_s: float | None = None,
+    ) -> None:
         """Charge the open execution, ended at `end`; `done` (FLOPs, model FLOPs, bytes,
-        communication seconds) when it did less than it planned (a leap cut short)."""
+        communication seconds) when it did less than it planned (a leap cut short), and
+        `busy_s` when the devices were busy for less than all of it (a leap's host time
+        between its steps)."""
         assert self._open is not None
         start, _, flops, model_flops, moved, comm = self._open
         if done is not None:
             flops, model_flops, moved, comm = done
-        self.busy_s += end - start
+        self.busy_s += end - start if busy_s is None else busy_s
         self.flops += flops
         self.model_flops += model_flops
         self.bytes += moved

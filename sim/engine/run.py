@@ -69,10 +69,22 @@ def build_replica(
             block_bytes=memory.block_bytes,
             max_model_len=params.max_model_len or model.max_seq_len,
             swap_blocks=int(swap_bytes // memory.block_bytes) // engines_per,
+            reserve=s.runtime.admission == "reserve",
         )
         engines.append((state, policy_cls(params, state, ctx)))
-    act_bytes = model.d_model * d.precision.a_bytes
-    return Replica(env, plan, engines, recorder, links, s.engine.leap, act_bytes, schedule, handoff)
+    act_bytes = model.d_model * d.precision.io_bytes
+    return Replica(
+        env,
+        plan,
+        engines,
+        recorder,
+        links,
+        s.engine.leap,
+        act_bytes,
+        schedule,
+        s.runtime.host,
+        handoff,
+    )
 
 
 def _arrive(

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from sim.arith.memory import kv_bytes_per_token
 from sim.arith.ops import layer_plan
 from sim.arith.precision import Precision
+from sim.cost.collectives import CustomAllReduce
 from sim.cost.layouts import Layout, build_layout
 from sim.cost.offload import Machine, StepPricer
 from sim.cost.stage import StageCost
@@ -164,7 +165,7 @@ class Deployment:
 
 def deploy(s: Scenario) -> Deployment:
     """Plan every replica of `s` (both pools when it is disaggregated)."""
-    precision = Precision.of(s.precision)
+    precision = Precision.of(s.precision, s.runtime.io_dtype)
     cluster = build_cluster(s.cluster)
     net = Network()
     if s.disaggregation is None:
@@ -222,7 +223,7 @@ def plan_replicas(
     prefix: str = "",
 ) -> list[ReplicaPlan]:
     """`s.parallel.replicas` replicas on `cluster` from device `first_device` on."""
-    precision = Precision.of(s.precision)
+    precision = Precision.of(s.precision, s.runtime.io_dtype)
     model, par = s.model, s.parallel
     plan = layer_plan(model, par.tp, precision, plan_attention(s))
     try:
@@ -231,6 +232,12 @@ def plan_replicas(
         raise s.error(exc.message, exc.key or "engine.cost") from None
     memory = plan_memory(s, cluster, precision, kernel)
     fits = profile.fit.collectives if profile is not None else ()
+    rt = s.runtime
+    custom = (
+        CustomAllReduce(rt.custom_max_bytes, rt.custom_latency_s)
+        if rt.all_reduce == "custom"
+        else None
+    )
     shared_costs: dict[tuple[object, ...], StageCost] = {}
     replicas = []
     for r in range(first_index, first_index + par.replicas):
@@ -240,7 +247,15 @@ def plan_replicas(
             devices = tuple(range(base + i * par.tp, base + (i + 1) * par.tp))
             layout = (
                 build_layout(
-                    par.tp_layout, model, par.tp, precision, cluster, devices, fits, par.attention
+                    par.tp_layout,
+                    model,
+                    par.tp,
+                    precision,
+                    cluster,
+                    devices,
+                    fits,
+                    par.attention,
+                    custom,
                 )
                 if par.tp > 1
                 else None
@@ -249,7 +264,9 @@ def plan_replicas(
             cost = shared_costs.get(key)
             if cost is None:
                 first, last = i == 0, i == len(memory.stages) - 1
-                cost = StageCost(plan, layers, kernel, layout, first=first, last=last)
+                cost = StageCost(
+                    plan, layers, kernel, layout, first=first, last=last, runtime=s.runtime
+                )
                 shared_costs[key] = cost
             links = layout.links() if layout is not None else ()
             named = tuple(net.name(cluster, e, prefix) for e in links)
@@ -269,7 +286,7 @@ def plan_replicas(
                 for name, edge in STREAM_EDGES.items()
                 if cluster.graph.has_edge(*edge)
             }
-            pricer = StepPricer(model, precision, machine, kernel)
+            pricer = StepPricer(model, precision, machine, kernel, s.runtime)
             offload = OffloadPlan(s.offload, machine, pricer, streams)
         replicas.append(
             ReplicaPlan(r, role, cluster.device, tuple(stages), sends, host, memory, offload)
@@ -335,7 +352,7 @@ def _disaggregated(
                 )
             except LlmsimError as exc:
                 raise s.error(exc.message, exc.key or "disaggregation") from None
-    precision = Precision.of(s.precision)
+    precision = Precision.of(s.precision, s.runtime.io_dtype)
     layerwise = 1.0 / s.model.n_layers if dis.transfer == "layerwise" else None
     plan = Disaggregation(
         tuple(range(len(prefill), len(prefill) + len(decode))),

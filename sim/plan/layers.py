@@ -38,9 +38,10 @@ def stage_layers(s: Scenario, kernel: OpKernel | None = None) -> list[int]:
     # Balance a reference step: a decode of 64 sequences at 1024 tokens of context.
     plan = layer_plan(model, par.tp, kernel.precision, plan_attention(s))
     work = Work.decode(64, 1024)
-    one = StageCost(plan, 1, kernel, None, first=False, last=False).time(work, 0)
-    first = StageCost(plan, 0, kernel, None, first=True, last=False).time(work, 0)
-    last = StageCost(plan, 0, kernel, None, first=False, last=True).time(work, 64)
+    rt = s.runtime
+    one = StageCost(plan, 1, kernel, None, first=False, last=False, runtime=rt).time(work, 0)
+    first = StageCost(plan, 0, kernel, None, first=True, last=False, runtime=rt).time(work, 0)
+    last = StageCost(plan, 0, kernel, None, first=False, last=True, runtime=rt).time(work, 64)
     return balance_layers(model.n_layers, par.pp, one, first, last)
 
 

@@ -32,6 +32,7 @@ from sim.spec.hardware import ClusterSpec, DeviceSpec, NodeSpec
 from sim.spec.hf_config import model_from_hf_config
 from sim.spec.model import ModelSpec
 from sim.spec.profile import Profile
+from sim.spec.runtime import RuntimeSpec
 from sim.spec.yamlio import read_yaml
 
 _PACKAGE = Path(__file__).resolve().parents[1]  # the sim package
@@ -42,8 +43,10 @@ KINDS: dict[str, str] = {
     "cluster": "hardware/clusters",
     "calibration": "hardware/calibration",
     "model": "models",
+    "runtime": "runtimes",
     "workload": "workloads",
     "scenario": "scenarios",
+    "sweep": "sweeps",
 }
 
 T = TypeVar("T", bound=BaseModel)
@@ -234,6 +237,7 @@ def load_cluster(name: str) -> ClusterSpec:
 
 
 load_profile = _loader("calibration", Profile, "A calibration profile by name or path.")
+load_runtime = _loader("runtime", RuntimeSpec, "A serving runtime by name or path.")
 
 
 @functools.cache

@@ -25,6 +25,7 @@ from sim.spec.hardware import ClusterSpec
 from sim.spec.model import ModelSpec
 from sim.spec.offload import OffloadSpec
 from sim.spec.precision import PrecisionSpec
+from sim.spec.runtime import RuntimeSpec
 from sim.spec.scheduler import RouterSpec, SchedulerSpec, _known_router
 from sim.spec.slo import SLOSpec
 from sim.spec.workload import WorkloadSpec, parse_workload
@@ -154,6 +155,7 @@ class Scenario(Spec):
     seed: int = Field(default=0, ge=0)
     cluster: ClusterSpec
     model: ModelSpec
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
     precision: PrecisionSpec = PrecisionSpec()
     parallel: ParallelSpec = ParallelSpec()
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
@@ -209,7 +211,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         if not isinstance(node, dict):
             raise LlmsimError("cannot set inside a non-mapping", key=".".join(keys[:i]))
         nxt = node.get(key)
-        if nxt is None or (isinstance(nxt, str) and key in ("cluster", "model")):
+        if nxt is None or (isinstance(nxt, str) and key in ("cluster", "model", "runtime")):
             nxt = {} if nxt is None else _expand_ref(key, nxt)
             node[key] = nxt
         node = nxt
@@ -222,7 +224,20 @@ def _expand_ref(key: str, name: str) -> dict[str, Any]:
     """A catalog reference as an inline mapping (so `--set model.n_layers=2` works)."""
     if key == "model":
         return catalog.load_model(name).model_dump(by_alias=True)
+    if key == "runtime":
+        return catalog.load_runtime(name).model_dump(by_alias=True)
     return catalog.cluster_from_ref(name).model_dump(by_alias=True)
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` on top of `base`, mapping by mapping."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _in_scenario(exc: LlmsimError, file: str | None, key: str) -> LlmsimError:
@@ -253,6 +268,17 @@ def _resolve_refs(data: dict[str, Any], file: str | None, base_dir: Path) -> dic
             )
     except LlmsimError as exc:
         raise _in_scenario(exc, file, "model") from None
+    runtime = out.get("runtime", "bare")
+    try:
+        if isinstance(runtime, str):
+            out["runtime"] = catalog.load_runtime(runtime).model_dump(by_alias=True)
+        elif isinstance(runtime, dict) and "base" in runtime:
+            # an inline runtime may start from a catalog one: {base: vllm-v1, host: ...}
+            base = catalog.load_runtime(str(runtime["base"])).model_dump(by_alias=True)
+            rest = {k: v for k, v in runtime.items() if k != "base"}
+            out["runtime"] = _merged(base, rest)
+    except LlmsimError as exc:
+        raise _in_scenario(exc, file, "runtime") from None
     cluster = out["cluster"]
     try:
         if isinstance(cluster, str):

@@ -45,6 +45,9 @@ class PolicyContext:
     max_model_len: int
     swap_blocks: int = 0  # host swap space, in blocks
     arrivals_done: bool = False
+    # The runtime's admission: reserve a request's whole KV (prompt and output) before
+    # admitting it, so nothing is ever preempted (TensorRT-LLM's GUARANTEED_NO_EVICT).
+    reserve: bool = False
 
 
 class BatchingPolicy:
@@ -57,6 +60,8 @@ class BatchingPolicy:
         self.st = st
         self.ctx = ctx
         self.token_cap = params.step_token_cap(ctx.max_model_len)
+        self.committed = 0  # reserve admission: blocks promised to unfinished requests
+        self._promised: dict[int, int] = {}
 
     # --- admission at arrival --------------------------------------------------------
     def reject_reason(self, req: Req) -> str | None:
@@ -105,6 +110,7 @@ class BatchingPolicy:
 
     def release(self, req: Req, kept_tokens: int) -> None:
         """A request left the replica holding `kept_tokens` of KV."""
+        self.committed -= self._promised.pop(req.id, 0)
         if self.paged:
             self.st.blocks.release(self.st.blocks.blocks_for(kept_tokens))
         else:
@@ -112,10 +118,25 @@ class BatchingPolicy:
         req.blocks = 0
 
     # --- helpers ---------------------------------------------------------------------
+    def _fits(self, req: Req, blocks: int, extra: int = 0) -> bool:
+        """Room to admit `req` with `blocks` now (and `extra` kept free for this step's
+        growth); with reserve admission also room for its whole KV, promised."""
+        st = self.st
+        if not st.blocks.can_admit(blocks + extra):
+            return False
+        if not self.ctx.reserve:
+            return True
+        whole = st.blocks.blocks_for(st.kept(req.prompt + req.output))
+        return self.committed + whole <= st.blocks.total - st.blocks.watermark_blocks
+
     def _admit(self, blocks: int, now: float) -> Req:
         """Take the head of the queue into the batch, holding `blocks` of KV."""
         st = self.st
         req = st.waiting.popleft()
+        if self.ctx.reserve and req.id not in self._promised:
+            whole = st.blocks.blocks_for(st.kept(req.prompt + req.output))
+            self._promised[req.id] = whole
+            self.committed += whole
         st.blocks.allocate(blocks)
         req.state = PREFILLING
         if req.scheduled_s < 0:

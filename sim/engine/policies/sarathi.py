@@ -58,7 +58,7 @@ class SarathiPolicy(BatchingPolicy):
         while budget > 0 and st.waiting and not st.swapped:
             req = st.waiting[0]
             blocks = st.blocks.blocks_for(st.kept(req.target))
-            if seqs + 1 > self.params.max_num_seqs or not st.blocks.can_admit(blocks + growth):
+            if seqs + 1 > self.params.max_num_seqs or not self._fits(req, blocks, growth):
                 break
             st.prefilling.append(self._admit(blocks, now))
             chunk = min(req.target, budget)

@@ -54,7 +54,7 @@ class VllmPolicy(BatchingPolicy):
                 if (
                     seqs + 1 > self.params.max_num_seqs
                     or tokens + chunk > self.token_cap
-                    or not st.blocks.can_admit(blocks)
+                    or not self._fits(req, blocks)
                 ):
                     break
                 step.prefills.append((self._admit(blocks, now), chunk))
