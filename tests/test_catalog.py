@@ -249,3 +249,153 @@ def test_bad_catalog_path_from_the_command_line(capsys, tmp_path, monkeypatch):
     assert err == (
         f"llmsim: error: LLMSIM_CATALOG_PATH: catalog directory '{missing}' does not exist\n"
     )
+
+
+# ------------------------------------------------------------ newer hardware
+
+NEW_DEVICES = (
+    "rtx-4090",
+    "rtx-pro-6000-server",
+    "rtx-pro-6000-workstation",
+    "h800-sxm",
+    "h20",
+    "gb200",
+    "mi325x",
+    "mi355x",
+    "tpu-v6e",
+    "grace-cpu",
+)
+NEW_NODES = (
+    "hgx-h800",
+    "hgx-h20",
+    "mi325x-8x",
+    "mi355x-8x",
+    "rtx-4090-single",
+    "rtx-pro-6000-server-2x",
+    "gb200-nvl72",
+)
+NEW_CLUSTERS = (
+    *NEW_NODES,
+    "hgx-h200-x2",
+    "hgx-h800-x2",
+    "dgx-b200-x2",
+    "tpu-v6e-2x2",
+    "tpu-v6e-4x4",
+)
+DEVICE_NUMBERS = (
+    "peak_flops",
+    "memory_bytes",
+    "memory_bandwidth",
+    "sm_count",
+    "launch_overhead",
+    "efficiency",
+    "nvlink_bandwidth",
+    "interconnect_bandwidth",
+    "pcie_bandwidth",
+    "price_per_hour",
+)
+
+
+@pytest.mark.parametrize("name", NEW_DEVICES)
+def test_new_device_loads_and_sources_every_number(name):
+    spec = catalog.load_device(name)
+    assert spec.name == name
+    raw = yamlio.read_yaml(catalog.find("device", name))
+    for key in DEVICE_NUMBERS:
+        if key in raw:
+            assert raw["sources"].get(key, "").strip(), f"{name}: {key} has no source"
+    # The figures every roofline needs are present, not defaulted.
+    for key in ("peak_flops", "memory_bytes", "memory_bandwidth", "launch_overhead", "efficiency"):
+        assert key in raw, f"{name}: {key} missing"
+    assert "fp4" not in spec.peak_flops  # no fp4 dtype in the simulator: noted, not keyed
+
+
+@pytest.mark.parametrize(
+    ("alias", "name"),
+    [
+        ("NVIDIA GeForce RTX 4090", "rtx-4090"),
+        ("rtx4090", "rtx-4090"),
+        ("RTX PRO 6000 Blackwell", "rtx-pro-6000-server"),
+        ("rtxpro6000", "rtx-pro-6000-server"),
+        ("nvidia_h800", "h800-sxm"),
+        ("nvidia_h20", "h20"),
+        ("nvidia_gb200", "gb200"),
+        ("nvidia_gb200_per_gpu", "gb200"),
+        ("amd_mi325x", "mi325x"),
+        ("amd_mi355x", "mi355x"),
+        ("google_tpu_v6e", "tpu-v6e"),
+    ],
+)
+def test_new_device_aliases_as_the_measurements_name_them(alias, name):
+    assert catalog.load_device(alias).name == name
+
+
+@pytest.mark.parametrize("name", NEW_NODES)
+def test_new_node_loads_with_sources(name):
+    node = catalog.load_node(name)
+    assert node.name == name
+    raw = yamlio.read_yaml(catalog.find("node", name))
+    for key in ("device", "fabric", "pcie", "host.dram"):
+        assert raw["sources"].get(key), f"{name}: {key} has no source"
+    if "nic" in raw:
+        assert raw["sources"].get("nic"), f"{name}: nic has no source"
+
+
+@pytest.mark.parametrize("name", NEW_CLUSTERS)
+def test_new_cluster_loads_and_builds(name):
+    import networkx as nx
+
+    cluster = build_cluster(catalog.load_cluster(name))
+    assert cluster.spec.name == name
+    assert nx.is_strongly_connected(cluster.graph)
+
+
+def test_gb200_nvl72_is_one_nvswitch_domain_of_72():
+    c = build_cluster(catalog.load_cluster("gb200-nvl72"))
+    assert c.n_devices == 72
+    route = c.route("dev0", "dev71")
+    assert route.edges == (("dev0", "nvsw0"), ("nvsw0", "dev71"))
+    assert route.bandwidth_bytes_per_s == pytest.approx(900e9)
+    # Every GPU hangs off the one switch, and a NIC per GPU lets racks be joined.
+    assert all(c.graph.has_edge(f"dev{i}", "nvsw0") for i in range(72))
+    assert catalog.load_node("gb200-nvl72").nic is not None
+
+
+def test_rtx_pro_6000_pair_talks_over_pcie_through_the_host():
+    c = build_cluster(catalog.load_cluster("rtx-pro-6000-server-2x"))
+    assert c.n_devices == 2
+    route = c.route("dev0", "dev1")
+    assert route.edges == (("dev0", "host0"), ("host0", "dev1"))
+    assert {c.link(u, v).kind for u, v in route.edges} == {"pcie-gen5"}
+    assert route.bandwidth_bytes_per_s == pytest.approx(64e9)
+
+
+@pytest.mark.parametrize(("name", "per_link"), [("mi325x-8x", 64e9), ("mi355x-8x", 76.8e9)])
+def test_amd_platforms_are_a_full_mesh_of_single_links(name, per_link):
+    c = build_cluster(catalog.load_cluster(name))
+    for j in range(1, 8):
+        route = c.route("dev0", f"dev{j}")
+        assert route.edges == (("dev0", f"dev{j}"),)
+        assert route.bandwidth_bytes_per_s == pytest.approx(per_link)
+
+
+@pytest.mark.parametrize("name", ["hgx-h200-x2", "hgx-h800-x2", "dgx-b200-x2"])
+def test_two_node_clusters_cross_the_network_between_nodes(name):
+    c = build_cluster(catalog.load_cluster(name))
+    assert c.n_devices == 16
+    assert c.route("dev0", "dev8").edges == (("dev0", "net"), ("net", "dev8"))
+    assert "net" not in {v for edge in c.route("dev0", "dev7").edges for v in edge}
+
+
+@pytest.mark.parametrize(("name", "chips"), [("tpu-v6e-2x2", 4), ("tpu-v6e-4x4", 16)])
+def test_tpu_v6e_slices_are_2d_grids(name, chips):
+    c = build_cluster(catalog.load_cluster(name))
+    assert c.n_devices == chips
+    side = int(chips**0.5)
+    # Without wraparound a corner chip has 2 ICI neighbours, plus its host link.
+    assert c.graph.out_degree("dev0") - 1 == 2
+    # Corner to corner: the Manhattan distance in ICI hops, none through a host.
+    route = c.route("dev0", f"dev{chips - 1}")
+    assert len(route.edges) == 2 * (side - 1)
+    assert {c.link(u, v).kind for u, v in route.edges} == {"ici"}
+    assert route.bandwidth_bytes_per_s == pytest.approx(100e9)
