@@ -76,8 +76,12 @@ class StageCost:
         self._floor = RooflineKernel(kernel.device, kernel.precision, ideal=True)
         self._launch = runtime.kernel_launch_s  # None: the kernel's own launch
         self._captured = runtime.graphs.captured()
-        self._graph_launch = runtime.graphs.launch_s
+        graph_launch = runtime.graphs.launch_s
+        self._graph_launch = (
+            kernel.device.launch_overhead_s if graph_launch is None else graph_launch
+        )
         self._graph_mixed = runtime.graphs.mixed
+        self._graph_pads = runtime.graphs.padding
         self._overlap_gather = runtime.overlap_weight_gather and isinstance(layout, WeightGathered)
         self._per_token: dict[tuple[int, bool], float] = {}
         self._flops_per_token: dict[int, float] = {}
@@ -101,6 +105,10 @@ class StageCost:
         if not self._captured:
             return None
         if work.prefill_tokens and not self._graph_mixed:
+            return None
+        if not self._graph_pads:  # a program for every shape
+            if work.tokens <= self._captured[-1] or (self._graph_mixed and work.prefill_tokens):
+                return work.tokens
             return None
         if work.tokens > self._captured[-1]:
             return work.tokens if self._graph_mixed and work.prefill_tokens else None

@@ -43,6 +43,7 @@ class Replica:
         schedule: PipelineSchedule,
         host: HostSpec,
         handoff: Handoff | None = None,
+        recompute: bool = False,
     ):
         self.env = env
         self.plan = plan
@@ -53,6 +54,9 @@ class Replica:
         self.act_bytes_per_token = act_bytes_per_token
         self.schedule = schedule
         self.host = host  # the runtime's host time per iteration
+        # A runtime without a KV cache (`kv_cache: none`): every step recomputes each
+        # sequence from its first token, with logits for every position.
+        self.recompute = recompute
         # Disaggregated serving: a prefill replica hands requests off after their first
         # token; a decode replica takes them in. A colocated replica does both.
         self.handoff = handoff
@@ -276,6 +280,8 @@ class VirtualEngine:
         if step.decode:
             ds = st.decoders
             dkv = st.kv_sum
+        if self.replica.recompute:
+            return self._recompute_work(step, pt, pp, pkv, ds, dkv, completing)
         useful = Work(
             tokens=ut + ds,
             prefill_tokens=ut,
@@ -298,6 +304,40 @@ class VirtualEngine:
         )
         real = (st.decoders if step.decode else 0) + completing
         return work, useful, ds + completing, real
+
+    def _recompute_work(
+        self, step: Step, pt: int, pp: float, pkv: int, ds: int, dkv: int, completing: int
+    ) -> tuple[Work, Work, int, int]:
+        """A step without a KV cache: each decoder runs its whole sequence again (its
+        context and the token it just produced) as a prefill from position 0, and every
+        position of every sequence computes logits. What it produces is what a cached
+        step would (the useful work): one token per decoder."""
+        st = self.state
+        window = st.window
+        rt = rp = 0.0
+        rkv = 0
+        if step.decode:
+            for req in st.running.values():
+                n = req.kv(st.step) + 1
+                rt += n
+                rp += causal_pairs(n, 0, window)
+                rkv += prefill_keys(n, 0, window)
+        tokens = pt + int(rt)
+        work = Work(
+            tokens=tokens,
+            prefill_tokens=tokens,
+            prefill_pairs=pp + rp,
+            prefill_kv_tokens=pkv + rkv,
+        )
+        useful = Work(
+            tokens=pt + ds,
+            prefill_tokens=pt,
+            prefill_pairs=pp,
+            prefill_kv_tokens=pkv,
+            decode_seqs=ds,
+            decode_kv_tokens=dkv,
+        )
+        return work, useful, tokens, ds + completing
 
     def _begin(
         self,

@@ -79,11 +79,12 @@ def build_replica(
         engines,
         recorder,
         links,
-        s.engine.leap,
+        s.engine.leap and s.runtime.kv_cache == "paged",
         act_bytes,
         schedule,
         s.runtime.host,
         handoff,
+        recompute=s.runtime.kv_cache == "none",
     )
 
 

@@ -15,7 +15,9 @@ host time each iteration costs, and what crosses the links. A runtime (a file of
   graph (`mixed: true` replays prefill and mixed steps too, piecewise, with attention
   outside the graph): no per-kernel launch, one `launch` per step, the batch padded up
   to the next captured size (`sizes`, default vLLM's 1, 2, 4, 8, 16, 24, ... up to
-  `max_batch`).
+  `max_batch`; `padding: false` when the engine builds a program for every shape, as
+  TensorRT engines and compiled single-batch loops do). `launch` defaults to one kernel
+  launch of the device: a graph is launched with one call.
 - `fused`: element-wise ops fused into their neighbours (a norm into the residual add,
   rotary into attention, the activation into the up projection): they cost no HBM pass
   and no launch of their own.
@@ -79,7 +81,8 @@ class GraphsSpec(Spec):
     mixed: bool = Field(
         default=False, description="prefill and mixed steps also replay (piecewise) graphs"
     )
-    launch_s: Seconds = Field(default=0.0, alias="launch", ge=0)
+    padding: bool = Field(default=True, description="pad to the next captured size")
+    launch_s: Seconds | None = Field(default=None, alias="launch", ge=0)
 
     @field_validator("sizes")
     @classmethod
@@ -91,6 +94,8 @@ class GraphsSpec(Spec):
     def captured(self) -> tuple[int, ...]:
         if not self.enabled:
             return ()
+        if not self.padding:  # every shape has its own program: only the bound matters
+            return (self.max_batch,)
         return self.sizes if self.sizes is not None else vllm_capture_sizes(self.max_batch)
 
 
@@ -116,6 +121,10 @@ class RuntimeSpec(Spec):
     overlap_weight_gather: bool = False
     kv_cache: Literal["paged", "none"] = "paged"
     sources: dict[str, str] = Field(default_factory=dict)
+    fitted: dict[str, str] = Field(
+        default_factory=dict,
+        description="parameters fitted on the dev measurements: path -> the procedure",
+    )
 
     @field_validator("fused")
     @classmethod
