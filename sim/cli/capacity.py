@@ -25,9 +25,12 @@ def setup(sub: argparse._SubParsersAction) -> None:
         description="Search the arrival rate (bracket, then bisect) for the highest load at "
         "which the mean SLO attainment over several seeds stays at the target; attainment is "
         "the share of requests in the measurement window (warm-up and drain trimmed) that "
-        "finished within every bound of their class. Prints the capacity with a 95%% "
-        "interval, the probes and a throughput-latency curve; writes capacity.json, "
-        "curve.png and the resolved scenario to --out.",
+        "finished within every bound of their class, and 0 for a run whose queue grew "
+        "through the window (unstable) or that was offered more than the maximum throughput "
+        "(the same requests served all at once). Runs are lengthened (workload.requests "
+        "raised) until the window is long enough to judge stability. Prints the capacity "
+        "with a 95%% interval, the probes and a throughput-latency curve; writes "
+        "capacity.json, curve.png and the resolved scenario to --out.",
     )
     p.add_argument("scenario", help="scenario YAML path or catalog name")
     p.add_argument("--target", type=float, default=0.99, help="attainment to hold (0.99)")
@@ -147,6 +150,7 @@ def report(r: CapacityResult, slo_text: str) -> str:
         f"  bracket {b_lo:,.3f} – {b_hi_text} req/s (tolerance {r.tolerance:.1%}), "
         f"{len(r.probes)} probes, {state}"
     )
+    lines.append("  " + _runs_text(r))
     per_hour = f"${r.usd_per_hour:,.2f}/h" if r.usd_per_hour is not None else "no price"
     cost = r.usd_per_million_output_tokens
     lines.append(
@@ -158,26 +162,60 @@ def report(r: CapacityResult, slo_text: str) -> str:
     for w in r.warnings:
         lines.append(f"  note: {w}")
     lines += ["", "probes (in order):", _probe_table(r)]
+    if any(p.unstable_seeds for p in r.probes):
+        lines.append(
+            "  u: a seed judged unstable (its queue grew through the window, or the rate is "
+            "above the maximum throughput): its attainment counts as 0"
+        )
     if len(r.curve):
         lines += ["", "throughput–latency curve (means over seeds):", curve_table(r.curve)]
     return "\n".join(lines)
 
 
+def _runs_text(r: CapacityResult) -> str:
+    """How long the runs were, and the maximum throughput they were held to."""
+    n = r.requests_per_run
+    runs = f"runs of {n:,.0f} requests" if n is not None else "runs"
+    if r.size > 1:
+        runs += f" (the workload x{r.size:.3g}, long enough to judge stability)"
+    top = r.max_throughput_rps
+    most = f"{top:,.3f} req/s" if top is not None else "not measured"
+    return f"{runs}; maximum throughput (the requests all at once) {most}"
+
+
 def _probe_table(r: CapacityResult) -> str:
-    header = ("#", "phase", "req/s", "×rate", "attainment", "± se", "per seed", "verdict")
+    header = (
+        "#",
+        "phase",
+        "req/s",
+        "×rate",
+        "requests",
+        "attainment",
+        "± se",
+        "per seed",
+        "verdict",
+    )
     rows = []
     for i, p in enumerate(r.probes, start=1):
         sure = p.confident_pass or p.confident_fail
+        seeds = " ".join(
+            f"{run.attainment:.3f}" + ("u" if not run.stable else "") for run in p.runs
+        )
+        verdict = "pass" if p.passed else "fail"
+        if p.unstable_seeds:
+            verdict += " unstable"
+        requests = p.mean("requests")
         rows.append(
             (
                 str(i),
                 p.phase,
                 f"{p.rate_rps:,.3f}",
                 f"{p.factor:.4g}",
+                f"{requests:,.0f}" if requests else "-",
                 f"{p.attainment:.4f}",
                 f"{p.attainment_se:.4f}",
-                " ".join(f"{a:.3f}" for a in p.attainments),
-                ("pass" if p.passed else "fail") + ("" if sure else " (unsure)"),
+                seeds,
+                verdict + ("" if sure else " (unsure)"),
             )
         )
     return "\n".join(aligned(header, rows))
@@ -194,6 +232,7 @@ def curve_table(curve: pd.DataFrame) -> str:
         "throughput",
         "goodput",
         "attain",
+        "unstable",
         "TTFT p50/p99 ms",
         "TPOT p50/p99 ms",
         "$/M tok",
@@ -207,6 +246,7 @@ def curve_table(curve: pd.DataFrame) -> str:
                 fmt_num(row["throughput_rps"], ",.3f"),
                 fmt_num(row["goodput_rps"], ",.3f"),
                 f"{row['attainment']:.4f}",
+                f"{row.get('unstable', 0.0):.0%}",
                 _ms_pair(row["ttft_p50_s"], row["ttft_p99_s"]),
                 _ms_pair(row["tpot_p50_s"], row["tpot_p99_s"]),
                 fmt_num(row["usd_per_million_output_tokens"], ",.3f"),
