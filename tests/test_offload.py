@@ -6,6 +6,7 @@ policy is as good as any hand-enumerated one in the simulator."""
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +14,27 @@ import numpy as np
 import pytest
 import yaml
 
+from sim.arith.memory import embedding_weight_elems, layer_weight_elems
+from sim.arith.ops import Work, layer_plan
 from sim.arith.precision import Precision
 from sim.cli.main import main
-from sim.cost.offload import tier_bytes
+from sim.cost.offload import (
+    StepPricer,
+    decompress_bytes_per_value,
+    host_attention_bytes_per_value,
+    host_attention_seconds,
+    host_stream_bytes_per_s,
+    pinned_copy_bytes_per_s,
+    tier_bytes,
+)
+from sim.cost.roofline import RooflineKernel, floor_time
 from sim.cost.topology import build_cluster
 from sim.errors import LlmsimError
+from sim.fidelity.validate import validate
 from sim.plan import load_scenario
 from sim.plan.offload import check_capacity, offload_machine
 from sim.results.run import simulate
+from sim.spec import catalog
 from sim.spec.offload import TENSORS, TIERS, OffloadSpec
 from sim.spec.scenario import Scenario
 from sim.studies.offload_search import OffloadModel, search
@@ -327,3 +341,141 @@ def test_cli_infeasible_is_one_line_naming_the_capacity(tmp_path, capsys):
     assert code == 2
     assert err.count("\n") == 1 and "Traceback" not in err
     assert "no offload policy fits" in err and "host DRAM" in err and "disk" in err
+
+
+# ------------------------------------------------------------------ priced as it runs
+
+T4 = "t4-flexgen"
+
+
+def _machine(node: dict[str, float] | None = None):
+    return offload_machine(build_cluster(scenario(node=node).cluster))
+
+
+def _pricer(precision: Precision, model: str = "opt-13b") -> StepPricer:
+    m = catalog.load_model(model)
+    machine = _machine()
+    return StepPricer(m, precision, machine, RooflineKernel(machine.gpu, precision))
+
+
+FP16 = Precision("fp16", "fp16", "fp16")
+INT4 = Precision("int4", "fp16", "int4", 64)
+
+
+def test_pcie_is_priced_at_the_achieved_pinned_copy_rate():
+    """bandwidthTest on a T4 (PCIe Gen3 x16, 16 GB/s nominal): 12.3 GB/s host→device,
+    13.2 GB/s device→host; the offload model carries the same share of any link."""
+    m = _machine()
+    assert m.pcie_bytes_per_s == 16e9
+    assert m.h2d_bytes_per_s == pytest.approx(12.3e9)
+    assert m.d2h_bytes_per_s == pytest.approx(13.2e9)
+    assert _machine({"pcie.bandwidth": 32e9}).h2d_bytes_per_s == pytest.approx(24.6e9)
+    # a weight layer streamed from DRAM crosses PCIe at the achieved rate, not the nominal
+    p = _pricer(FP16)
+    step = p.step(OffloadSpec(weights=(0, 1, 0)), Work.decode(8, 64), 8)
+    w_layer = layer_weight_elems(p.model, 1) * 2
+    assert step.terms["ctog"].coef["weights.cpu"] == pytest.approx(w_layer / 12.3e9)
+
+
+def test_measured_copies_replace_the_share_but_never_beat_the_link():
+    assert pinned_copy_bytes_per_s(16e9, 14e9, "h2d") == 14e9
+    assert pinned_copy_bytes_per_s(16e9, 20e9, "h2d") == 16e9
+    assert pinned_copy_bytes_per_s(16e9, None, "d2h") == pytest.approx(16e9 * 13.2 / 16)
+    cpu = catalog.load_device("host-cpu")
+    assert host_stream_bytes_per_s(cpu) == pytest.approx(128e9 * 0.7)
+    assert host_stream_bytes_per_s(cpu, 30e9) == 60e9  # a memcpy reads and writes each byte
+    assert host_stream_bytes_per_s(cpu, 100e9) == 128e9  # never above the datasheet
+
+
+@pytest.mark.parametrize(
+    ("precision", "per_value"),
+    [
+        (FP16, 2 + 4 + 4),  # read fp16, write fp32, bmm reads fp32
+        (Precision("fp16", "fp16", "fp32"), 4),  # already fp32: the bmm's read only
+        (INT4, 6 * 0.5 + 5 * 4 + 4 / 64 + 4),  # decompressed into fp32, then read
+    ],
+    ids=["fp16", "fp32", "int4"],
+)
+def test_cpu_attention_is_its_bytes_at_the_achieved_bandwidth(precision, per_value):
+    machine = _machine()
+    model = catalog.load_model("opt-13b")
+    op = next(o for o in layer_plan(model, 1, precision).ops if o.kind == "attn_decode")
+    work = Work.decode(16, 512)
+    assert host_attention_bytes_per_value(precision) == pytest.approx(per_value)
+    cached = work.decode_kv_tokens * 2 * op.kv_heads * op.head_dim
+    q_o = work.decode_seqs * 2 * op.heads * op.head_dim * 4
+    new_kv = work.decode_seqs * 2 * op.kv_heads * op.head_dim * precision.kv_bytes
+    rate = 128e9 * 0.7  # host-cpu: datasheet bandwidth × efficiency.memory
+    expected = (cached * per_value + q_o + new_kv) / rate + 2 * machine.cpu.launch_overhead_s
+    seconds = host_attention_seconds(machine, op, work, precision, batches=2)
+    assert seconds == pytest.approx(expected, rel=1e-12)
+    # never below the op's roofline on the CPU (peak bandwidth and FLOP/s, no overhead)
+    cpu_precision = Precision("fp32", "fp32", precision.kv, precision.group_size)
+    assert seconds > floor_time(machine.cpu, cpu_precision, op, work)
+    # and a calibration profile's memcpy rate replaces the datasheet figure
+    measured = replace(machine, cpu_stream_bytes_per_s=40e9)
+    slower = host_attention_seconds(measured, op, work, precision, batches=2)
+    assert slower == pytest.approx(
+        (cached * per_value + q_o + new_kv) / 40e9 + 2 * machine.cpu.launch_overhead_s
+    )
+
+
+def test_dequantisation_is_priced_for_compressed_weights_and_absent_otherwise():
+    """FlexGen decompresses a layer's int4 weights with element-wise passes (13 bytes of
+    traffic a value into fp16, plus the scales) once per GPU batch, at the GPU's achieved
+    bandwidth; fp16 weights cost nothing of the kind."""
+    spec = OffloadSpec(weights=(0, 1, 0), kv=(0, 1, 0), gpu_batch_size=4, gpu_batches=2)
+    decode = Work.decode(8, 64)
+    plain = _pricer(FP16)
+    assert plain.dequant_s(decode, 8, 2) == 0.0
+    assert decompress_bytes_per_value("fp16", 64, 2) == 0.0
+    p = _pricer(INT4)
+    values = layer_weight_elems(p.model, 1)
+    stream = 320e9 * 0.8  # t4: datasheet bandwidth × efficiency.memory
+    per_batch = values * (6 * 0.5 + 5 * 2 + 4 / 64) / stream
+    kv_values = decode.decode_kv_tokens * 2 * p.model.d_model
+    kv = kv_values * (6 * 0.5 + 5 * 2 + 4 / 64) / stream
+    new_kv = decode.decode_seqs * 2 * p.model.d_model * (11 * 2 + 4 + 4 / 64) / stream
+    # one launch per pass and tensor: 4 weight matrices × 6 passes, K and V × 6 passes to
+    # decompress and × 10 to compress the new token's, each of 2 GPU batches
+    launches = 2 * (4 * 6 + 2 * 6 + 2 * 10) * 4e-6
+    dequant = p.dequant_s(decode, 8, 2)
+    assert dequant == pytest.approx(2 * per_batch + kv + new_kv + launches, rel=1e-9)
+    # the GPU's compute of an int4 step carries it; its matmuls read decompressed fp16
+    step = p.step(spec, decode, 8)
+    base = plain.step(spec, decode, 8)
+    gpu_int4 = step.terms["comp_gpu"].at(spec.values())
+    gpu_fp16 = base.terms["comp_gpu"].at(spec.values())
+    assert gpu_int4 == pytest.approx(gpu_fp16 + dequant, rel=1e-9)
+    # and its decompressed MLP weights are held on the GPU
+    tiers_int4 = tier_bytes(p.model, INT4, spec, PROMPT, OUTPUT)["gpu"].const
+    tiers_fp16 = tier_bytes(p.model, FP16, spec, PROMPT, OUTPUT)["gpu"].const
+    mlp = 2 * p.model.d_model * p.model.d_ff * 2
+    embed = embedding_weight_elems(p.model, 1)
+    assert tiers_int4 - tiers_fp16 == pytest.approx(mlp + embed * (INT4.w_bytes - 2))
+
+
+def test_flexgen_figures_are_in_the_fidelity_suite():
+    rows = {r.id: r for r in validate(only="flexgen_").rows}
+    assert {
+        "flexgen_opt175b_t4_fp16_512",
+        "flexgen_opt30b_t4_fp16_512",
+        "flexgen_opt175b_t4_int4_512",
+        "flexgen_opt175b_t4_int4_512_breakdown/prefill_s",
+        "flexgen_opt175b_t4_int4_512_breakdown/decode_s",
+        "flexgen_t4_pcie_pinned_copies/h2d",
+        "flexgen_t4_pcie_pinned_copies/d2h",
+    } == set(rows)
+    assert rows["flexgen_opt175b_t4_fp16_512"].measured == 0.69
+    assert rows["flexgen_opt175b_t4_int4_512_breakdown/decode_s"].measured == 2603
+    numeric = [r for r in rows.values() if r.status == "ok"]
+    assert len(numeric) == 5 and all(r.simulated and r.simulated > 0 for r in numeric)
+    # the 30B policy is cut to fit llmsim's GPU tier, and says so
+    assert "instead of 20%" in rows["flexgen_opt30b_t4_fp16_512"].note
+    pcie = rows["flexgen_t4_pcie_pinned_copies/h2d"]
+    assert pcie.measured == 12.3 and pcie.simulated is None and "circular" in pcie.note
+    # prefill and decode of one block add up to its makespan
+    tps = rows["flexgen_opt175b_t4_int4_512"].simulated
+    pre = rows["flexgen_opt175b_t4_int4_512_breakdown/prefill_s"].simulated
+    dec = rows["flexgen_opt175b_t4_int4_512_breakdown/decode_s"].simulated
+    assert tps == pytest.approx(144 * 32 / (pre + dec), rel=1e-9)

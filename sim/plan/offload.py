@@ -1,15 +1,27 @@
 """What an offloaded replica works with and whether its placement fits: the host's
-PCIe, disk, DRAM and CPU, and each memory tier's peak bytes under the placement."""
+PCIe, disk, DRAM and CPU, and each memory tier's peak bytes under the placement.
+
+PCIe is taken at its achieved pinned-copy rate (the GPU's calibration profile's measured
+copies, else a measured share of the link's nominal rate) and the host CPU at its achieved
+memory bandwidth (its calibration profile's measured copies, else its datasheet
+bandwidth × `efficiency.memory`): see sim.cost.offload."""
 
 from __future__ import annotations
 
 from sim.arith.precision import Precision
-from sim.cost.offload import Machine, tier_bytes
+from sim.cost.offload import (
+    Machine,
+    host_stream_bytes_per_s,
+    pinned_copy_bytes_per_s,
+    tier_bytes,
+)
 from sim.cost.topology import Cluster
 from sim.errors import LlmsimError
 from sim.spec import catalog
+from sim.spec.hardware import DeviceSpec
 from sim.spec.model import ModelSpec
 from sim.spec.offload import OffloadSpec
+from sim.spec.profile import Fit
 from sim.spec.scenario import Scenario
 from sim.workload.arrivals import generate
 
@@ -24,17 +36,35 @@ def offload_machine(cluster: Cluster) -> Machine:
             key="offload",
         )
     disk = node.host.disk
-    cpu_name = node.host.cpu or "host-cpu"
+    cpu = catalog.load_device(node.host.cpu or "host-cpu")
+    gpu_fit = _fit(cluster.device)
+    cpu_fit = _fit(cpu)
+    nominal = node.pcie.bandwidth_bytes_per_s
     return Machine(
         gpu=cluster.device,
-        cpu=catalog.load_device(cpu_name),
-        h2d_bytes_per_s=node.pcie.bandwidth_bytes_per_s,
-        d2h_bytes_per_s=node.pcie.bandwidth_bytes_per_s,
+        cpu=cpu,
+        h2d_bytes_per_s=pinned_copy_bytes_per_s(
+            nominal, gpu_fit.copy_h2d_bytes_per_s if gpu_fit else None, "h2d"
+        ),
+        d2h_bytes_per_s=pinned_copy_bytes_per_s(
+            nominal, gpu_fit.copy_d2h_bytes_per_s if gpu_fit else None, "d2h"
+        ),
         disk_read_bytes_per_s=disk.read_bandwidth_bytes_per_s,
         disk_write_bytes_per_s=disk.write_bandwidth_bytes_per_s,
         cpu_bytes=node.host.dram_bytes,
         disk_bytes=disk.capacity_bytes,
+        pcie_bytes_per_s=nominal,
+        cpu_stream_bytes_per_s=host_stream_bytes_per_s(
+            cpu, cpu_fit.copy_h2d_bytes_per_s if cpu_fit else None
+        ),
     )
+
+
+def _fit(device: DeviceSpec) -> Fit | None:
+    """The fitted figures of the device's calibration profile, if it has one (on a CPU
+    the profile's "h2d" copies are memcpys between host buffers)."""
+    profile = catalog.profile_for(device)
+    return profile.fit if profile is not None else None
 
 
 def offload_capacity(s: Scenario, cluster: Cluster, precision: Precision) -> float:
