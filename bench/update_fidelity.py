@@ -1,60 +1,183 @@
-"""Rewrite the generated block of docs/fidelity.md from a fresh `llmsim validate` run.
+"""Rewrite the generated blocks of docs/fidelity.md.
 
     python bench/update_fidelity.py
 
-The block between `<!-- validate:begin -->` and `<!-- validate:end -->` is replaced by
-the table and the error summary; the prose around it is kept (update it by hand when
-the numbers tell a different story).
+- between `<!-- validate:begin -->` and `<!-- validate:end -->`: the error summary of a
+  fresh `llmsim validate` run, per group (as run and held out of the runtime fit) and
+  per family of entries;
+- between `<!-- runtimes:begin -->` and `<!-- runtimes:end -->`: every runtime of
+  `runtimes/`, each setting it makes with its value and its source, and the fitted
+  ones with the figure the fit chose (bench/fit_runtimes.py).
+The prose around the blocks is kept (update it by hand when the numbers tell a
+different story).
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sim.cli.validate import table  # noqa: E402
+from sim.cli.validate import group_table  # noqa: E402
+from sim.fidelity.logo import fit_table  # noqa: E402
 from sim.fidelity.validate import validate  # noqa: E402
+from sim.spec.catalog import load_runtime  # noqa: E402
+from sim.spec.runtime import RuntimeSpec  # noqa: E402
 
 DOC = ROOT / "docs" / "fidelity.md"
-BEGIN, END = "<!-- validate:begin -->", "<!-- validate:end -->"
-GROUPS = (
-    ("memory (vLLM Table 1, KV per token)", lambda i: i.startswith("vllm")),
-    ("gpt-fast batch-1 decode", lambda i: i.startswith("gptfast")),
-    ("TensorRT-LLM max throughput, H100", lambda i: i.startswith("trtllm") and "H100" in i),
-    ("TensorRT-LLM max throughput, H200", lambda i: i.startswith("trtllm") and "H200" in i),
-    ("DistServe Fig. 1 goodput", lambda i: i.startswith("distserve")),
+FAMILIES = (
+    ("vLLM Table 1 memory, KV per token", "vllm_table1_memory", "vllm_opt13b"),
+    ("gpt-fast batch-1 decode", "gptfast_"),
+    ("TensorRT-LLM max throughput (trtllm-bench)", "trtllm_"),
+    ("DistServe Fig. 1 goodput", "distserve_"),
+    ("InferSim vLLM serving under load", "infsim_"),
+    ("LLMServingSim vLLM 0.19 summaries", "lss_"),
+    ("LLMServingSim trace replay (distributions)", "trace_llmservingsim"),
+    ("DataCrunch SGLang serving", "datacrunch_"),
+    ("SGLang v0.3 blog (serving, offline)", "sglang030_"),
+    ("vLLM 0.19 concurrency 8, 20k prompts", "vllm0191_llama31"),
+    ("Splitwise vLLM iteration times", "splitwise_vllm"),
+    ("TensorRT-LLM v0.5 first token, v0.6.1 static", "tensorrtllm_"),
+    ("vLLM 0.5.3 light load", "vllm053_"),
+    ("vLLM 0.19 ITL against context", "vllm0191_decode"),
+    ("custom all-reduce kernels", "sglang_pr2904"),
+    ("FlexGen offloading", "flexgen_"),
+)
+SETTINGS = (
+    ("host", "host"),
+    ("kernel_launch_s", "kernel_launch"),
+    ("graphs", "graphs"),
+    ("fused", "fused"),
+    ("io_dtype", "io_dtype"),
+    ("all_reduce", "all_reduce"),
+    ("custom_max_bytes", "custom_max_bytes"),
+    ("custom_latency_s", "custom_latency"),
+    ("custom_bandwidth", "custom_bandwidth"),
+    ("admission", "admission"),
+    ("overlap_weight_gather", "overlap_weight_gather"),
+    ("kv_cache", "kv_cache"),
 )
 
 
-def main() -> int:
-    report = validate()  # what `llmsim validate` prints, run once
-    data = report.summary
+def _replace(text: str, name: str, lines: list[str]) -> str:
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    start, stop = text.index(begin) + len(begin), text.index(end)
+    return text[:start] + "\n" + "\n".join(lines) + "\n" + text[stop:]
+
+
+def results_block() -> tuple[list[str], Any]:
+    report = validate()
+    s = report.summary
     lines = [
+        f"**{s.n_numeric} rows with an error, median |error| {s.median_abs_error_pct:.1f}%, "
+        f"p90 {s.p90_abs_error_pct:.1f}%**; {s.n_not_reproducible} rows not reproducible "
+        f"(each says why), {s.n_skipped} skipped; {report.wall_s:.0f} s wall on this "
+        "machine. By group, as run and with the group held out of the runtime fit:",
+        "",
         "```",
-        table(report).rstrip(),
+        group_table(report),
         "```",
         "",
-        f"**Median |error| {data.median_abs_error_pct:.1f}%, p90 |error| "
-        f"{data.p90_abs_error_pct:.1f}%**, over the {data.n_numeric} rows that "
-        f"have a simulated number; {data.n_not_reproducible} rows cannot be "
-        f"reproduced, {data.n_skipped} skipped. By group:",
+        "By family of entries:",
         "",
-        "| group | rows | median abs error | max abs error |",
-        "|---|---|---|---|",
+        "| family | rows | median abs error | p90 abs error | median signed |",
+        "|---|---|---|---|---|",
     ]
-    for name, match in GROUPS:
-        errs = [abs(e) for r in report.rows if (e := r.error_pct) is not None and match(r.id)]
-        if errs:
-            lines.append(f"| {name} | {len(errs)} | {np.median(errs):.1f}% | {max(errs):.1f}% |")
+    for name, *prefixes in FAMILIES:
+        errs = [
+            e
+            for r in report.rows
+            if (e := r.error_pct) is not None and r.id.startswith(tuple(prefixes))
+        ]
+        if not errs:
+            continue
+        a = np.abs(errs)
+        lines.append(
+            f"| {name} | {len(errs)} | {np.median(a):.1f}% | {np.percentile(a, 90):.1f}% "
+            f"| {np.median(errs):+.1f}% |"
+        )
+    return lines, report
+
+
+def _value(rt: RuntimeSpec, field: str) -> str:
+    v = getattr(rt, field)
+    if field == "host":
+        return (
+            f"fixed {v.fixed_s * 1e3:g} ms, per sequence {v.per_sequence_s * 1e6:g} us, "
+            f"per token {v.per_token_s * 1e6:g} us, overlap {str(v.overlap).lower()}"
+        )
+    if field == "graphs":
+        if not v.enabled:
+            return "off"
+        sizes = v.captured()
+        shown = "every shape" if not v.padding else f"{len(sizes)} sizes up to {sizes[-1]}"
+        return f"on ({'prefill, decode and mixed steps' if v.mixed else 'decode steps'}; {shown})"
+    if field.endswith("_s"):
+        return f"{v * 1e6:g} us"
+    if field == "custom_max_bytes":
+        return f"{v / 2**20:g} MiB"
+    if field == "custom_bandwidth":
+        return f"{v / 1e9:g} GB/s"
+    if isinstance(v, tuple):
+        return ", ".join(v) or "none"
+    return str(v)
+
+
+def runtimes_block() -> list[str]:
+    table = fit_table()
+    bare = RuntimeSpec()
+    lines: list[str] = []
+    for path in sorted((ROOT / "runtimes").glob("*.yaml")):
+        rt = load_runtime(path.stem)
+        lines += [f"### `{rt.name}`: {rt.engine or rt.description}", "", rt.description, ""]
+        lines += ["| setting | value | source |", "|---|---|---|"]
+        for field, key in SETTINGS:
+            if getattr(rt, field) == getattr(bare, field):
+                continue
+            sources = [
+                f"{k}: {v}" if k != key else v
+                for k, v in rt.sources.items()
+                if k.split(".")[0] == key
+            ]
+            text = " · ".join(sources).replace("|", "\\|") or "(none)"
+            lines.append(f"| `{key}` | {_value(rt, field)} | {text} |")
+        fit = table.get(rt.name)
+        if fit and fit.get("rows"):
+            shown = ", ".join(
+                f"`{p}` = {v * 1e6:g} us" for p, v in zip(fit["params"], fit["fitted"], strict=True)
+            )
+            held = "; ".join(
+                f"without {g}: " + ", ".join(f"{v * 1e6:g} us" for v in pt)
+                for g, pt in sorted(fit["logo_points"].items())
+            )
+            lines += [
+                "",
+                f"Fitted on {len(fit['rows'])} dev rows: {shown}. Refitted with "
+                f"each group left out: {held}.",
+            ]
+        elif rt.fitted:
+            lines += [
+                "",
+                "Its `fitted:` parameters have no dev rows to fit on; the file's "
+                "values stand as written (no evidence for or against them).",
+            ]
+        lines.append("")
+    return lines
+
+
+def main() -> int:
     text = DOC.read_text()
-    start, stop = text.index(BEGIN) + len(BEGIN), text.index(END)
-    DOC.write_text(text[:start] + "\n" + "\n".join(lines) + "\n" + text[stop:])
-    print(f"updated {DOC.relative_to(ROOT)}: median {data.median_abs_error_pct:.1f}%")
+    results, report = results_block()
+    text = _replace(text, "validate", results)
+    text = _replace(text, "runtimes", runtimes_block())
+    DOC.write_text(text)
+    s = report.summary
+    print(f"updated {DOC.relative_to(ROOT)}: median {s.median_abs_error_pct:.1f}%")
     return 0
 
 

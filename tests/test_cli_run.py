@@ -95,7 +95,7 @@ BAD = [
     (
         {"model": "lama-2-7b"},
         "s.yaml: model: unknown model 'lama-2-7b'; did you mean llama-2-7b, llama-2-70b, llama-7b? "
-        "(39 valid models; `llmsim catalog` lists them)",
+        "(40 valid models; `llmsim catalog` lists them)",
     ),
     ({"cluster": "cray-1"}, "s.yaml: cluster: unknown cluster 'cray-1'"),
     ({"model": "llama-2-70b"}, "s.yaml: parallel: llama-2-70b does not fit: a device needs"),

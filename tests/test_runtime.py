@@ -19,6 +19,11 @@ from sim.spec.runtime import FUSABLE, RuntimeSpec, vllm_capture_sizes
 from tests.scenarios_for_tests import make
 from tests.test_engine import BASE, check_invariants
 
+SETTINGS = (
+    *("host", "kernel_launch_s", "graphs", "fused", "io_dtype", "all_reduce"),
+    *("custom_max_bytes", "custom_latency_s", "custom_bandwidth", "admission"),
+    *("overlap_weight_gather", "kv_cache"),
+)
 RUNTIMES = sorted(p.stem for p in (Path(__file__).parents[1] / "runtimes").glob("*.yaml"))
 ONE = {
     "workload": {
@@ -46,13 +51,7 @@ def test_every_shipped_runtime_loads_and_sources_what_it_sets(name):
     rt = load_runtime(name)
     assert rt.name == name and rt.description and rt.engine
     bare = RuntimeSpec()
-    set_fields = [
-        f
-        for f in ("host", "kernel_launch_s", "graphs", "fused", "io_dtype", "all_reduce")
-        + ("custom_max_bytes", "custom_latency_s", "admission", "overlap_weight_gather")
-        + ("kv_cache",)
-        if getattr(rt, f) != getattr(bare, f)
-    ]
+    set_fields = [f for f in SETTINGS if getattr(rt, f) != getattr(bare, f)]
     for f in set_fields:
         key = f.removesuffix("_s")
         assert any(k.split(".")[0] == key for k in rt.sources), f"{name}: {f} without a source"

@@ -236,7 +236,60 @@ def test_every_reproducible_entry_gives_a_number(shared_report):
     assert sims["2P1D_per_GPU"] > sims["colocated_1GPU"]
     assert sims["decode_only_per_GPU"] > sims["colocated_1GPU"]
     s = shared_report.summary
-    assert s.n_numeric == len(numeric) + len(goodput) and s.median_abs_error_pct is not None
+    simulated = [r for r in rows if r.simulated is not None]
+    assert s.n_numeric == len([r for r in simulated if r.error_pct is not None])
+    assert s.median_abs_error_pct is not None
+    # every row either has a number or says why not; every row knows its group
+    assert all(r.note for r in rows if r.simulated is None)
+    assert all(r.group for r in rows)
+    assert {"C_serving", "P1_serving_load", "P2_step_timing", "P3_tp_scaling"} <= {
+        r.group for r in simulated
+    }
+
+
+@needs_data
+def test_step_timing_rows_rebuild_the_profiled_setups():
+    report = validate(groups=("P3_tp_scaling",))
+    decode = [r for r in report.rows if "decode_tp2_4_8" in r.id]
+    prefill = [r for r in report.rows if "prefill_tp2_4_8" in r.id]
+    assert len(decode) == 15 and len(prefill) == 21
+    assert all(r.runtime == "vllm-v0-eager" and r.simulated for r in decode + prefill)
+    by_id = {r.id.split("/", 1)[1]: r.simulated for r in decode + prefill}
+    # more tensor parallelism never slows a batch-1 prefill of 8192 tokens, and a larger
+    # batch never decodes faster
+    assert by_id["TP8/prompt8192"] < by_id["TP4/prompt8192"] < by_id["TP2/prompt8192"]
+    assert by_id["TP4/batch1"] <= by_id["TP4/batch16"]
+
+
+def test_the_custom_all_reduce_rows_price_the_runtimes_kernels():
+    report = validate(only="custom_allreduce")
+    rows = {r.id.split("/", 1)[1]: r for r in report.rows}
+    assert len(rows) == 36 and all(r.group == "R_runtime_kernels" for r in rows.values())
+    # the 512-byte figures set the latency: the TP4 (median) row is reproduced
+    assert rows["trt/tp4/512"].simulated == pytest.approx(0.0048, rel=0.01)
+    assert rows["vllm/tp2/512"].simulated == pytest.approx(0.0095, rel=0.01)
+    # latency grows with the message and with the group
+    assert rows["vllm/tp8/1048576"].simulated > rows["vllm/tp8/262144"].simulated
+    assert rows["trt/tp8/1048576"].simulated > rows["trt/tp2/1048576"].simulated
+
+
+def test_group_errors_hold_a_group_out_of_the_fit(monkeypatch):
+    from sim.fidelity import logo
+    from sim.fidelity.rows import Report, Row, summarize
+
+    rows = [
+        Row("a", "m", 10.0, 11.0, "ms", "", group="G1", runtime="rt"),
+        Row("b", "m", 10.0, 9.0, "ms", "", group="G2", runtime="rt"),
+        Row("c", "m", 10.0, 10.5, "ms", "", group="G2", runtime="other"),
+    ]
+    table = {"rt": {"held_out": {"a": 13.0, "b": 8.0}}}
+    monkeypatch.setattr(logo, "fit_table", lambda: table)
+    report = Report("x", rows, summarize(rows), 0.0)
+    by = {g.group: g for g in logo.group_errors(report)}
+    assert by["G1"].median_pct == pytest.approx(10.0)
+    assert by["G1"].logo_median_pct == pytest.approx(30.0)  # held-out prediction 13
+    assert by["G2"].logo_median_pct == pytest.approx((20.0 + 5.0) / 2)  # c is unfitted
+    assert by["all"].rows == 3
 
 
 @needs_data

@@ -28,14 +28,21 @@ def setup(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data",
         metavar="PATH",
-        help="measurements YAML (default: ../shared/data/measurements-dev.yaml from the "
-        "repository root)",
+        help="measurements YAML (default: the measurements that ship with llmsim, "
+        "sim/fidelity/measurements.yaml, each with its source)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument(
         "--only",
         metavar="ID_SUBSTRING",
         help="only the entries whose id contains this (case-insensitive)",
+    )
+    p.add_argument(
+        "--group",
+        action="append",
+        metavar="GROUP",
+        help="only the entries of this group (repeatable): C_serving, P1_serving_load, "
+        "P2_step_timing, P3_tp_scaling, P4_moe, P5_new_hardware, D_measured_here",
     )
     p.set_defaults(func=run)
 
@@ -84,13 +91,39 @@ def table(report: Report) -> str:
     return "\n".join(lines)
 
 
+def group_table(report: Report) -> str:
+    """Median and p90 |error| per group, as run and with the group left out of the
+    runtime fit (sim.fidelity.logo)."""
+    from sim.fidelity.logo import group_errors
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1f}%"
+
+    header = ["group", "rows", "median", "p90", "held-out median", "held-out p90"]
+    cells = [
+        [
+            g.group,
+            str(g.rows),
+            *(pct(v) for v in (g.median_pct, g.p90_pct, g.logo_median_pct, g.logo_p90_pct)),
+        ]
+        for g in group_errors(report)
+    ]
+    return "\n".join(aligned(header, cells, left=(0,)))
+
+
 def run(ns: argparse.Namespace) -> int:
     from sim.fidelity.validate import validate
 
-    report = validate(ns.data, only=ns.only)
+    report = validate(ns.data, only=ns.only, groups=tuple(ns.group or ()))
     if ns.json:
         print_json(report.to_dict())
         return 0
     print(table(report))
+    print()
+    print(
+        "by group; held out: each group predicted by the runtimes fitted without it "
+        "(bench/fit_runtimes.py)"
+    )
+    print(group_table(report))
     print(f"({report.wall_s:.1f} s wall; data {report.data})", file=sys.stderr)
     return 0

@@ -65,6 +65,7 @@ class CustomAllReduce:
 
     max_bytes: float
     latency_s: float
+    bandwidth: float | None = None  # bytes/s one device moves in it (None: the link's)
 
 
 @dataclass(frozen=True)
@@ -301,6 +302,8 @@ class CollectiveModel:
         assert self.custom is not None
         route = self.cluster.route(f"dev{self.devices[0]}", f"dev{self.devices[1]}")
         bw, lat = route.bandwidth_bytes_per_s, self.custom.latency_s
+        if self.custom.bandwidth is not None:
+            bw = min(bw, self.custom.bandwidth)
         one = lat + (self.n - 1) * size_bytes / bw
         two = 2 * lat + 2 * size_bytes * (self.n - 1) / self.n / bw
         return min(one, two)

@@ -20,6 +20,7 @@ from sim.fidelity.rows import (
 from sim.plan import load_scenario
 from sim.studies.capacity import capacity
 
+RUNTIME = "vllm-v0"  # DistServe (OSDI 2024) compared against vLLM of early 2024 (v0.2-v0.3)
 GOODPUT_REQUESTS = 1000  # per seed and rate
 GOODPUT_SEEDS = 3
 GOODPUT_REL_TOL = 0.01
@@ -42,7 +43,9 @@ class GoodputSetup:
 DISTSERVE_FIG1 = GoodputSetup("opt-13b", "fp16", "dgx-a100", 512, 64, 0.4, 0.04, 0.9)
 
 
-def _distserve_scenario(d: GoodputSetup, variant: str) -> dict[str, Any] | None:
+def _distserve_scenario(
+    d: GoodputSetup, variant: str, runtime: str | dict[str, Any] = "vllm-v0"
+) -> dict[str, Any] | None:
     """The scenario behind one of DistServe Figure 1's curves (None: not one of them)."""
     slo: dict[str, Any] = {"ttft": d.ttft_s, "tpot": d.tpot_s, "percentile": 90}
     output = d.output
@@ -63,6 +66,7 @@ def _distserve_scenario(d: GoodputSetup, variant: str) -> dict[str, Any] | None:
         "model": d.model,
         "precision": {"weights": d.dtype, "activations": d.dtype, "kv": d.dtype},
         "scheduler": {"policy": "vllm"},
+        "runtime": runtime,
         "router": {"policy": "least-outstanding"},
         "slo": slo,
         "disaggregation": disaggregation,
@@ -96,7 +100,7 @@ def distserve(entry: dict[str, Any], opts: Options) -> list[Row]:
     rows = []
     for key, measured in value.items():
         rid = f"{entry['id']}/{key}"
-        spec = _distserve_scenario(d, str(key))
+        spec = _distserve_scenario(d, str(key), opts.runtime(RUNTIME))
         if spec is None:
             rows.append(
                 Row(
@@ -131,7 +135,9 @@ def distserve(entry: dict[str, Any], opts: Options) -> list[Row]:
                 f"{d.output} out; {_DISTSERVE_HOW[str(key)]}; TTFT <= {d.ttft_s} s, TPOT <= "
                 f"{d.tpot_s} s (Fig. 1 SLOs, per the authors' blog); `llmsim capacity` "
                 f"--target {d.attainment} over {GOODPUT_SEEDS} seeds x {GOODPUT_REQUESTS} "
-                f"requests, 10% warm-up and drain trimmed, bisection to {GOODPUT_REL_TOL:.0%}",
+                f"requests, 10% warm-up and drain trimmed, bisection to {GOODPUT_REL_TOL:.0%}; "
+                f"runtime {RUNTIME}",
+                runtime=RUNTIME,
             )
         )
     return rows

@@ -24,6 +24,9 @@ from sim.fidelity.rows import (
 GPTFAST_OUTPUT_TOKENS = 256  # long enough that the median TPOT is a steady decode step
 
 
+RUNTIME = "gpt-fast"
+
+
 def gptfast(entry: dict[str, Any], opts: Options) -> list[Row]:
     hardware = str(need(entry, "hardware"))
     device, model = device_name(hardware), model_name(entry)
@@ -43,6 +46,7 @@ def gptfast(entry: dict[str, Any], opts: Options) -> list[Row]:
                 "group_size": int(group.group(1)) if group else 64,
             },
             "scheduler": {"policy": "static", "batch_size": batch, "max_wait": 0},
+            "runtime": opts.runtime(RUNTIME),
             "workload": fixed_workload(batch, prompt, GPTFAST_OUTPUT_TOKENS),
         }
     )
@@ -61,6 +65,7 @@ def gptfast(entry: dict[str, Any], opts: Options) -> list[Row]:
             number(need(entry, "value")),
             1.0 / tpot if tpot else None,
             str(entry.get("unit", "tokens/s")),
-            note,
+            note + f"; runtime {RUNTIME}",
+            runtime=RUNTIME,
         )
     ]

@@ -5,7 +5,7 @@ its model, device and machine, and simulating a scenario built from it."""
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,15 @@ NODE_OF_DEVICE = {
     "a100-40gb": "dgx-a100-40gb",
     "h100-sxm": "dgx-h100",
     "h200": "hgx-h200",
+    "rtx-4090": "rtx-4090-single",
+    "rtx-pro-6000-server": "rtx-pro-6000-server-2x",
+}
+
+# Hardware ids of the measurements that name no catalog device. Where the form factor is
+# not stated, the SXM server part is assumed (the entries' notes say "not stated").
+DEVICE_OF_HARDWARE = {
+    "nvidia_a100_80gb": "a100-80gb-sxm",
+    "nvidia_h100": "h100-sxm",
 }
 
 
@@ -41,6 +50,8 @@ class Row:
     unit: str
     note: str
     status: str = OK
+    group: str = ""  # the entry's group in the measurements (P1_serving_load, ...)
+    runtime: str = ""  # the runtime the setup ran under
 
     @property
     def error_pct(self) -> float | None:
@@ -70,11 +81,18 @@ class Report:
     summary: FidelitySummary
     wall_s: float
 
+    @property
+    def groups(self) -> dict[str, FidelitySummary]:
+        """The summary of each group's rows, groups in name order."""
+        names = sorted({r.group for r in self.rows})
+        return {g: summarize([r for r in self.rows if r.group == g]) for g in names}
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "data": self.data,
             "rows": [r.to_dict() for r in self.rows],
             **asdict(self.summary),
+            "groups": {g: asdict(s) for g, s in self.groups.items()},
             "wall_s": self.wall_s,
         }
 
@@ -94,6 +112,14 @@ def summarize(rows: list[Row]) -> FidelitySummary:
 @dataclass(frozen=True)
 class Options:
     max_requests: int | None = None
+    # Settings laid over catalog runtimes (runtime name -> fields), for the fit of the
+    # runtimes' free parameters (bench/fit_runtimes.py); empty in `llmsim validate`.
+    runtimes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def runtime(self, name: str) -> str | dict[str, Any]:
+        """A scenario's `runtime:` for the catalog runtime `name`, with any override."""
+        patch = self.runtimes.get(name)
+        return {"base": name, **patch} if patch else name
 
 
 class EntryError(Exception):
@@ -136,8 +162,19 @@ def model_name(entry: dict[str, Any]) -> str:
 
 
 def device_name(hardware: str) -> str:
+    """The catalog device an entry's `hardware` names: its first word (`h100-sxm (...)`,
+    `nvidia_h200_sxm 141GB`), else the text before any parenthesis with a trailing
+    memory size dropped (`RTX PRO 6000 Blackwell 96GB (...)`)."""
     name = re.split(r"[\s(]", hardware.strip(), maxsplit=1)[0]
-    return catalog.load_device(name).name
+    if name in DEVICE_OF_HARDWARE:
+        return DEVICE_OF_HARDWARE[name]
+    try:
+        return catalog.load_device(name).name
+    except catalog.NotInCatalog:
+        long_name = re.sub(r"\s+\d+\s*GB\b.*$", "", hardware.split("(")[0].strip())
+        if long_name == name:
+            raise
+        return catalog.load_device(long_name).name
 
 
 def cluster_of(device: str) -> str:

@@ -23,6 +23,7 @@ from sim.fidelity.rows import (
     simulate_summary,
 )
 
+RUNTIME = "tensorrt-llm-pytorch"  # trtllm-bench's default backend
 TRTLLM_MAX_BATCH = 2048  # TensorRT-LLM's default max_batch_size
 TRTLLM_MAX_NUM_TOKENS = 8192  # its default max_num_tokens (chunked context budget)
 
@@ -49,6 +50,7 @@ def trtllm(entry: dict[str, Any], opts: Options) -> list[Row]:
                 "max_num_seqs": TRTLLM_MAX_BATCH,
                 "chunk_size": TRTLLM_MAX_NUM_TOKENS,
             },
+            "runtime": opts.runtime(RUNTIME),
             "workload": fixed_workload(requests, prompt, output),
         }
     )
@@ -57,7 +59,7 @@ def trtllm(entry: dict[str, Any], opts: Options) -> list[Row]:
         f"(decodes + prefill chunks, budget {TRTLLM_MAX_NUM_TOKENS} tokens, "
         f"<= {TRTLLM_MAX_BATCH} seqs); {requests} requests at t=0"
         + (f" (of {published})" if requests < published else "")
-        + f", {prompt} in / {output} out; output tokens / makespan"
+        + f", {prompt} in / {output} out; output tokens / makespan; runtime {RUNTIME}"
     )
     measured = number(need(entry, "value"))
     if summary.finished < requests:
@@ -71,8 +73,17 @@ def trtllm(entry: dict[str, Any], opts: Options) -> list[Row]:
                 "tokens/s",
                 f"{summary.finished}/{requests} finished ({reasons}); {note}",
                 NOT_REPRODUCIBLE,
+                runtime=RUNTIME,
             )
         ]
     return [
-        Row(entry["id"], "output tok/s", measured, summary.output_tokens_per_s, "tokens/s", note)
+        Row(
+            entry["id"],
+            "output tok/s",
+            measured,
+            summary.output_tokens_per_s,
+            "tokens/s",
+            note,
+            runtime=RUNTIME,
+        )
     ]

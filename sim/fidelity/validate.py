@@ -35,11 +35,22 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from sim.errors import LlmsimError
-from sim.fidelity import distserve, gptfast, trtllm, vllm
+from sim.fidelity import (
+    distserve,
+    flexgen,
+    gptfast,
+    kernels,
+    replay,
+    serving,
+    steps,
+    trtllm,
+    vllm,
+)
 from sim.fidelity.rows import (
     NOT_REPRODUCIBLE,
     SKIPPED,
@@ -76,6 +87,20 @@ _HANDLERS: list[tuple[re.Pattern[str], Handler]] = [
     (re.compile(r"^vllm_table1_memory$"), vllm.vllm_memory),
     (re.compile(r"^vllm_opt13b_kv_per_token$"), vllm.kv_per_token),
     (re.compile(r"^distserve_intro_13b_goodput$"), distserve.distserve),
+    (re.compile(r"^splitwise_vllm_(llama2_70b|bloom176b)_h100_"), steps.splitwise),
+    (re.compile(r"^tensorrtllm_v05_first_token_latency"), steps.trt_first_token),
+    (re.compile(r"^tensorrtllm_v061_static_peak_throughput"), steps.trt_static_throughput),
+    (re.compile(r"^vllm053_cpu_overhead_breakdown"), steps.vllm053_light_load),
+    (re.compile(r"^vllm0191_decode_itl_vs_context"), steps.vllm0191_itl),
+    (re.compile(r"^sglang_pr2904_custom_allreduce"), kernels.custom_all_reduce),
+    (re.compile(r"^flexgen_"), flexgen.flexgen),
+    (re.compile(r"^infsim_vllm_"), serving.infsim),
+    (re.compile(r"^datacrunch_sglang_llama"), serving.datacrunch),
+    (re.compile(r"^sglang030_vllm060_.*_offline_"), serving.sglang030_offline),
+    (re.compile(r"^sglang030_llama"), serving.sglang030),
+    (re.compile(r"^vllm0191_llama31_8b_h100_conc8_"), serving.vllm_concurrency),
+    (re.compile(r"^lss_vllm019_"), replay.replay),
+    (re.compile(r"^trace_llmservingsim-"), replay.trace_replay),
 ]
 
 
@@ -111,13 +136,23 @@ def _rows_for(entry: Any, index: int, opts: Options) -> list[Row]:
     if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
         return [Row(f"entry #{index}", "", None, None, "", "skipped: entry has no id", SKIPPED)]
     handler = next((h for pattern, h in _HANDLERS if pattern.search(entry["id"])), _not_covered)
+    group = str(entry.get("group", "") or "")
     try:
-        return handler(entry, opts)
+        return [replace(r, group=group) for r in handler(entry, opts)]
     except (EntryError, LlmsimError) as exc:
         reason = exc.line() if isinstance(exc, LlmsimError) else str(exc)
     except (KeyError, TypeError, ValueError) as exc:
         reason = f"malformed entry ({type(exc).__name__}: {exc})"
-    return [unpriced_row(entry, f"skipped: {reason}", SKIPPED)]
+    return [replace(unpriced_row(entry, f"skipped: {reason}", SKIPPED), group=group)]
+
+
+def default_entries() -> list[Any]:
+    """Every entry `validate()` reads by default: the shipped measurements and the
+    figures kept beside them (FlexGen's, the serving traces, the runtime kernels)."""
+    entries = load_measurements(default_data_path())
+    for extra in (flexgen, replay, kernels):
+        entries += extra.missing_entries(entries)
+    return entries
 
 
 def validate(
@@ -125,14 +160,19 @@ def validate(
     *,
     only: str | None = None,
     max_requests: int | None = None,
+    groups: tuple[str, ...] = (),
+    ids: frozenset[str] | None = None,
+    runtimes: dict[str, dict[str, Any]] | None = None,
 ) -> Report:
     """Compare the simulator with every entry of `data` (default: `default_data_path()`)
     whose id contains `only` (case-insensitive). `max_requests` caps the requests of the
-    throughput benchmarks (for quick checks; the published counts are the default)."""
+    throughput benchmarks (for quick checks; the published counts are the default).
+    `groups` keeps only entries of those groups, `ids` only those entries; `runtimes`
+    lays settings over catalog runtimes (the runtime fit's candidate values)."""
     wall0 = time.perf_counter()
     path = Path(data) if data is not None else default_data_path()
-    entries = load_measurements(path)
-    opts = Options(max_requests=max_requests)
+    entries = load_measurements(path) if data is not None else default_entries()
+    opts = Options(max_requests=max_requests, runtimes=runtimes or {})
     rows: list[Row] = []
     for i, entry in enumerate(entries):
         if (
@@ -140,6 +180,10 @@ def validate(
             and only.lower()
             not in str(entry.get("id", "") if isinstance(entry, dict) else "").lower()
         ):
+            continue
+        if groups and not (isinstance(entry, dict) and entry.get("group") in groups):
+            continue
+        if ids is not None and not (isinstance(entry, dict) and entry.get("id") in ids):
             continue
         rows += _rows_for(entry, i, opts)
     return Report(str(path), rows, summarize(rows), time.perf_counter() - wall0)

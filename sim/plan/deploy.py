@@ -234,7 +234,7 @@ def plan_replicas(
     fits = profile.fit.collectives if profile is not None else ()
     rt = s.runtime
     custom = (
-        CustomAllReduce(rt.custom_max_bytes, rt.custom_latency_s)
+        CustomAllReduce(rt.custom_max_bytes, rt.custom_latency_s, rt.custom_bandwidth)
         if rt.all_reduce == "custom"
         else None
     )

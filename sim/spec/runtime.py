@@ -26,7 +26,9 @@ host time each iteration costs, and what crosses the links. A runtime (a file of
   BF16); default: the scenario's activation dtype.
 - `all_reduce`: NCCL (ring / tree, or the device's calibrated fits), or `custom`: a
   one-shot or two-shot all-reduce kernel inside one NVLink domain for messages up to
-  `custom_max_bytes` (vLLM, SGLang, TensorRT-LLM), with its own `custom_latency`.
+  `custom_max_bytes` (vLLM, SGLang, TensorRT-LLM), with its own `custom_latency` and
+  the bandwidth one device achieves in it (`custom_bandwidth`: such kernels run on a
+  few SMs and move far less than the link could).
 - `admission`: `optimistic` (admit while blocks are free, preempt when decode runs out:
   vLLM, SGLang) or `reserve` (admit only what can finish: a request's whole KV, prompt
   and output, is reserved up front, and nothing is ever evicted: TensorRT-LLM's
@@ -46,7 +48,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from sim.spec.base import Bytes, Seconds, Spec
+from sim.spec.base import Bytes, BytesPerS, Seconds, Spec
 from sim.units import DTYPE_BYTES
 
 FUSABLE = ("norm", "norm_2", "residual_add", "residual_add_2", "rotary", "mlp_act", "shared_act")
@@ -117,6 +119,12 @@ class RuntimeSpec(Spec):
     all_reduce: Literal["nccl", "custom"] = "nccl"
     custom_max_bytes: Bytes = Field(default=0.0, ge=0)
     custom_latency_s: Seconds = Field(default=0.0, alias="custom_latency", ge=0)
+    custom_bandwidth: BytesPerS | None = Field(
+        default=None,
+        gt=0,
+        description="what one device moves per second in the custom kernel (default: "
+        "its link's rate)",
+    )
     admission: Literal["optimistic", "reserve"] = "optimistic"
     overlap_weight_gather: bool = False
     kv_cache: Literal["paged", "none"] = "paged"
