@@ -23,6 +23,11 @@ HAS_TORCH = importlib.util.find_spec("torch") is not None
 needs_torch = pytest.mark.skipif(
     not HAS_TORCH, reason="PyTorch is not installed (the `calibrate` extra)"
 )
+HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
+needs_transformers = pytest.mark.skipif(
+    not (HAS_TORCH and HAS_TRANSFORMERS),
+    reason="PyTorch or transformers is not installed (the `calibrate` extra)",
+)
 
 TINY_LLAMA = ModelSpec(
     name="tiny-llama",
@@ -94,7 +99,7 @@ def quick(tmp_path_factory) -> tuple[Profile, str, Path]:
 @needs_torch
 def test_quick_cpu_run_reports_each_family(quick):
     _, err, path = quick
-    for family in ("gemm", "attention", "elementwise", "launch", "copy"):
+    for family in ("gemm", "attention", "elementwise", "launch", "copy", "runtime"):
         assert f"calibrate: {family}:" in err
     assert "Traceback" not in err
     assert path.exists()
@@ -149,6 +154,25 @@ def test_quick_profile_names_device_and_environment(quick):
 
 
 @needs_torch
+def test_quick_profile_measures_the_runtime(quick):
+    profile = quick[0]
+    rt = profile.runtime
+    assert rt is not None
+    assert rt.host_step_s.eager is not None and rt.host_step_s.eager > 0
+    assert rt.host_layer_s.eager is not None and rt.host_layer_s.eager > 0
+    assert rt.kernels_per_layer is not None and rt.kernels_per_layer > 5
+    assert rt.kernel_launch_s == profile.measurements.launch_s
+    assert rt.host_step_s.compiled is None  # --quick does not compile
+    assert "compiled: not measured (--quick)" in rt.notes
+    assert rt.graph_launch_s is None and any("no CUDA graphs" in n for n in rt.notes)
+    assert "reference decoder" in rt.decoder
+    # no hf forms without --hf
+    m = profile.measurements
+    assert all(p.form is None for p in (*m.gemm, *m.attention, *m.elementwise))
+    assert profile.fit.hf == {} and all(f.form is None for f in profile.fit.attention_shapes)
+
+
+@needs_torch
 def test_quick_profile_is_fitted_when_the_fit_exists(quick):
     profile, err, _ = quick
     assert "the fit failed" not in err
@@ -179,6 +203,10 @@ def one_error_line(err: str) -> str:
         (["--collectives"], "--collectives: needs --device cuda and 2 or more GPUs"),
         (["--dtype", "fp8"], "--dtype: unknown dtype 'fp8'; valid: fp32, bf16, fp16"),
         (["--catalog-device", "nope"], "--catalog-device: unknown device 'nope'"),
+        (
+            ["--runtime-out", "rt.yaml", "--runtime-base", "nope"],
+            "--runtime-base: unknown runtime 'nope'",
+        ),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, args, expected):
@@ -362,3 +390,315 @@ def test_reference_decoder_refuses_what_it_does_not_build():
         build_decoder(load_model("mixtral-8x7b").model_copy(update={"n_layers": 1}))
     with pytest.raises(LlmsimError, match="position 'alibi'"):
         build_decoder(TINY_LLAMA.model_copy(update={"position": "alibi"}))
+
+
+# -------------------------------------------------------------- the runtime family
+
+
+@needs_torch
+def test_measure_with_a_budget_takes_fewer_samples_of_a_slow_call():
+    import time
+
+    import torch
+
+    from sim.calibrate.timing import measure
+
+    calls = []
+
+    def slow() -> None:
+        calls.append(1)
+        time.sleep(0.15)  # at least this long: past the budget
+
+    measure(slow, torch.device("cpu"), warmup=2, repeats=7, calls=1, budget_s=0.1)
+    assert len(calls) == 1 + 2  # one warm-up, two samples
+    fast: list[int] = []
+    measure(lambda: fast.append(1), torch.device("cpu"), warmup=2, repeats=7, calls=3, budget_s=60)
+    assert len(fast) == 2 + 7 * 3  # well within the budget: as without one
+
+
+def _cpu_run(**options: object):
+    from sim.calibrate.grids import Options, resolve
+
+    return resolve(Options(device="cpu", quick=True, models=("gpt3-125m",), **options))  # type: ignore[arg-type]
+
+
+@needs_torch
+def test_a_compiler_that_fails_is_a_note_not_an_error():
+    from sim.calibrate.runtime import measure_compiled
+
+    def broken(module: object) -> object:
+        raise RuntimeError("no C++ compiler found\nmore detail")
+
+    seconds, note = measure_compiled(_cpu_run(), compile_fn=broken)
+    assert seconds is None
+    assert note == "compiled: torch.compile failed here (RuntimeError: no C++ compiler found)"
+
+
+@needs_torch
+def test_the_compiled_step_is_timed_through_the_compiler_given(one_thread):
+    from sim.calibrate.runtime import measure_compiled
+
+    compiled: list[object] = []
+
+    def identity(module: object) -> object:  # stands in for torch.compile
+        compiled.append(module)
+        return module
+
+    seconds, note = measure_compiled(_cpu_run(), compile_fn=identity)
+    assert note == "" and seconds is not None and seconds > 0
+    assert len(compiled) == 1
+
+
+@needs_torch
+def test_no_compile_skips_the_compiled_step_and_says_so(one_thread):
+    from sim.calibrate.grids import Options, resolve
+    from sim.calibrate.runtime import measure_host
+
+    run = resolve(Options(device="cpu", models=("gpt3-125m",), compile=False))
+    step, layer, kernels, notes = measure_host(run, compiled=False)
+    assert step.compiled is None and notes == ["compiled: not measured (--no-compile)"]
+    assert step.eager is not None and layer.eager is not None and kernels > 5
+
+
+def test_the_recorded_command_reproduces_the_runtime_options():
+    import argparse
+
+    from sim.cli.calibrate import _command
+
+    ns = argparse.Namespace(
+        device="cpu",
+        dtype="bf16",
+        models=None,
+        tp=None,
+        name=None,
+        catalog_device=None,
+        threads=1,
+        quick=False,
+        collectives=False,
+        hf=True,
+        no_compile=True,
+    )
+    expected = "llmsim calibrate --device cpu --dtype bf16 --threads 1 --hf --no-compile"
+    assert _command(ns) == expected
+
+
+class _FakeGraph:
+    """Stands in for torch.cuda.CUDAGraph: records what a capture issued."""
+
+    def __init__(self) -> None:
+        self.kernels = 0
+
+    def replay(self) -> None:
+        pass
+
+
+class _FakeCuda:
+    """What measure_graph_launch uses of torch.cuda, on a machine without CUDA."""
+
+    CUDAGraph = _FakeGraph
+
+    class Stream:
+        def wait_stream(self, other: object) -> None:
+            pass
+
+    def __init__(self) -> None:
+        self.graphs: list[_FakeGraph] = []
+
+    def current_stream(self) -> _FakeCuda.Stream:
+        return _FakeCuda.Stream()
+
+    @contextlib.contextmanager
+    def stream(self, s: object):
+        yield
+
+    @contextlib.contextmanager
+    def graph(self, g: _FakeGraph):
+        import torch
+
+        seen = []
+        original = torch.Tensor.add_
+
+        def counting(t, *a, **k):
+            seen.append(1)
+            return original(t, *a, **k)
+
+        torch.Tensor.add_ = counting  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            torch.Tensor.add_ = original  # type: ignore[method-assign]
+            g.kernels = len(seen)
+            self.graphs.append(g)
+
+
+@needs_torch
+def test_graph_launch_replays_graphs_of_one_and_many_kernels():
+    from sim.calibrate.runtime import GRAPH_KERNELS, measure_graph_launch
+
+    cuda = _FakeCuda()
+    replays: list[int] = []
+
+    def timer(fn, device, **kw):
+        graph = fn.__self__
+        replays.append(graph.kernels)
+        t = 5e-6 + 1e-6 * (graph.kernels - 1)  # 5 us a graph, 1 us each further kernel
+        return t, t, t
+
+    launch, per_kernel = measure_graph_launch(_cpu_run(), cuda=cuda, timer=timer)
+    assert [g.kernels for g in cuda.graphs] == [1, GRAPH_KERNELS]
+    assert replays == [1, GRAPH_KERNELS]
+    assert launch == pytest.approx(5e-6) and per_kernel == pytest.approx(1e-6)
+
+
+@needs_torch
+def test_graph_launch_on_cuda():
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA here: the stand-in test above covers the code path")
+    from sim.calibrate.grids import Options, resolve
+    from sim.calibrate.runtime import measure_graph_launch
+
+    run = resolve(Options(device="cuda", quick=True, models=("gpt3-125m",)))
+    launch, per_kernel = measure_graph_launch(run)
+    assert launch > 0 and per_kernel > 0
+
+
+@needs_torch
+def test_kernels_are_counted_without_views():
+    import torch
+
+    from sim.calibrate.runtime import count_kernels
+
+    x = torch.ones(4, 4)
+    assert count_kernels(lambda: (x + 1).view(16).transpose(0, 0) * 2) == 2
+
+
+# ------------------------------------------------------------------- the hf forms
+
+
+@pytest.fixture(scope="module")
+def quick_hf(tmp_path_factory) -> tuple[Profile, Path, str]:
+    root = tmp_path_factory.mktemp("calibrate-hf")
+    models = []
+    for spec in (TINY_LLAMA, TINY_GPT):
+        path = root / f"{spec.name}.yaml"
+        path.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True)))
+        models.append(str(path))
+    out, rt = root / "p.yaml", root / "runtimes" / "tiny-hf-eager.yaml"
+    code, stdout, err = run_cli(
+        *("calibrate", "--device", "cpu", "--quick", "--threads", "1", "--hf"),
+        *("--models", ",".join(models), "--out", str(out)),
+        *("--runtime-out", str(rt), "--runtime-base", "hf-eager"),
+    )
+    assert code == 0, err
+    assert f"wrote {rt}: runtime tiny-hf-eager" in stdout
+    return Profile.model_validate(yaml.safe_load(out.read_text())), rt, err
+
+
+@needs_transformers
+def test_hf_forms_are_measured_per_model_shape(quick_hf):
+    import transformers
+
+    profile, _, err = quick_hf
+    assert "calibrate: hf:" in err and "Traceback" not in err
+    assert profile.environment.transformers == transformers.__version__
+    m = profile.measurements
+    hf_shapes = {(p.heads, p.kv_heads, p.head_dim) for p in m.attention if p.form == "hf"}
+    assert hf_shapes == {(8, 2, 32), (6, 6, 32)}
+    assert {p.phase for p in m.attention if p.form == "hf"} == {"prefill", "decode"}
+    # GPT-2's four Conv1D GEMMs; Llama's Q and K/V projections as Linear shapes
+    gpt = layer_plan(TINY_GPT, 1)
+    conv = {(p.n, p.k) for p in m.gemm if p.form == "conv1d"}
+    assert conv == {
+        (op.n, op.k) for op in gpt.ops if op.name in ("qkv_proj", "o_proj", "mlp_up", "mlp_down")
+    }
+    linear = {(p.n, p.k) for p in m.gemm if p.form is None}
+    assert {(TINY_LLAMA.q_dim, 256), (TINY_LLAMA.kv_dim, 256)} <= linear
+    kernels = {p.kernel for p in m.elementwise if p.form == "hf"}
+    assert kernels == {"rmsnorm", "layernorm", "silu_and_mul", "gelu_new", "rotary", "kv_cat"}
+    fits = profile.fit
+    assert set(fits.hf) == kernels
+    assert {(f.heads, f.kv_heads, f.head_dim, f.form) for f in fits.attention_shapes} == {
+        (8, 2, 32, None),
+        (6, 6, 32, None),
+        (8, 2, 32, "hf"),
+        (6, 6, 32, "hf"),
+    }
+    # the one-kernel fits are fitted to the one-kernel points only
+    assert fits.attention is not None and "hf" not in fits.attention.source
+
+
+@needs_transformers
+def test_runtime_out_writes_a_runtime_that_loads(quick_hf):
+    from sim.spec import catalog
+
+    profile, path, _ = quick_hf
+    text = path.read_text()
+    assert text.startswith("# Host and launch times measured by `llmsim calibrate")
+    runtime = catalog.load_runtime(str(path))
+    assert runtime.name == "tiny-hf-eager"
+    assert runtime.engine == catalog.load_runtime("hf-eager").engine  # behaves as its base
+    rt = profile.runtime
+    assert rt is not None and rt.host_layer_s.eager is not None
+    assert runtime.kernel_launch_s == rt.kernel_launch_s
+    # An hf-eager base takes transformers' own step (its layers are priced per layer by
+    # sim.cost.hf_eager), the mean over the families measured, not the probe decoder's.
+    assert set(rt.hf) == {"gpt2", "llama"}
+    mean_step = (rt.hf["gpt2"].step_s + rt.hf["llama"].step_s) / 2
+    assert runtime.host.fixed_s == pytest.approx(mean_step, rel=1e-12)
+    assert "small transformers model" in runtime.sources["host"]
+    for key in ("host", "kernel_launch"):
+        assert "llmsim calibrate" in runtime.sources[key]
+    # A bare base: the probe decoder's step less its two layers.
+    from sim.calibrate.runtime import runtime_file
+
+    bare = runtime_file(profile, "bare-measured", catalog.load_runtime("bare"))
+    assert bare["host"]["fixed"] == pytest.approx(
+        max(rt.host_step_s.eager - 2 * rt.host_layer_s.eager, 0.0)  # type: ignore[operator]
+    )
+    assert "probe decoder" in bare["sources"]["host"]
+
+
+@needs_transformers
+def test_hf_forms_run_the_kernels_transformers_runs(one_thread):
+    """gelu_new is eight kernels, LlamaRMSNorm six in fp32, rotary ten, the cache append
+    two; grouped heads reach SDPA with enable_gqa, as transformers sends them."""
+    import torch
+    import torch.nn.functional as F
+
+    from sim.calibrate import hf
+    from sim.calibrate.runtime import count_kernels
+
+    run = _cpu_run()
+    assert count_kernels(hf._act_fn(run, "gelu_new", 4, 64)) == 8
+    assert count_kernels(hf._norm_fn(run, "rmsnorm", 4, 64)) == 6
+    assert count_kernels(hf._rotary_fn(run, 4, h=8, hk=2, d=32)) == 10
+    assert count_kernels(hf._kv_cat_fn(run, 2, 16, 2, 32)) == 2
+    seen: list[dict[str, object]] = []
+    original = F.scaled_dot_product_attention
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append(kwargs)
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    torch.nn.functional.scaled_dot_product_attention = spy  # type: ignore[assignment]
+    try:
+        hf._hf_decode_fn(run, 2, 16, 8, 2, 32)()
+        hf._hf_prefill_fn(run, 2, 16, 8, 2, 32)()
+        hf._hf_decode_fn(run, 2, 16, 6, 6, 32)()
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = original
+    assert [k.get("enable_gqa", False) for k in seen] == [True, True, False]
+    assert [k.get("is_causal") for k in seen] == [False, True, False]
+
+
+def test_hf_without_transformers_is_one_line(tmp_path, monkeypatch):
+    if not HAS_TORCH:
+        pytest.skip("the torch check comes first")
+    monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` now fails
+    code, _, err = run_cli(
+        "calibrate", "--device", "cpu", "--quick", "--hf", "--out", str(tmp_path / "p.yaml")
+    )
+    assert code == 2
+    assert "--hf: transformers is not installed" in one_error_line(err)

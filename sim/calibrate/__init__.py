@@ -7,6 +7,10 @@
   - `timing`: sampling one kernel, and keeping weights and KV caches out of the cache;
   - `gemm`, `attention`, `elementwise`, `copies` (launch overhead and host<->device
     copies), `collectives`: one family of microbenchmarks each;
+  - `hf`: the ops as Hugging Face transformers' eager modules call them (--hf; needs
+    transformers too);
+  - `runtime`: the host time of a small decoder's step, eager and compiled, a kernel's
+    eager launch and a CUDA graph's replay; and the runtime file made of them;
   - `environment`: the device a profile calibrates and the software that measured it.
 - `reference`: a small real decoder in PyTorch, to compare simulated and measured
   latencies of one model on one machine (needs the extra too).

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from sim.arith.ops import layer_plan
 from sim.calibrate.grids import Run
 from sim.calibrate.timing import randn, timing, try_point
+from sim.cost.hf_eager import ACTIVATION_BASE
 from sim.spec.model import ModelSpec
 from sim.spec.profile import ElementwisePoint
 
@@ -39,15 +40,7 @@ class ElementwiseCase:
     vocab: int = 0  # embedding
 
 
-# A ModelSpec activation -> its base function (swiglu and geglu are the gated forms of
-# SiLU and GELU), and each base function in torch.
-ACTIVATION_BASE = {
-    "silu": "silu",
-    "swiglu": "silu",
-    "gelu": "gelu",
-    "geglu": "gelu",
-    "relu": "relu",
-}
+# Each base function of a ModelSpec activation (ACTIVATION_BASE) in torch.
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "silu": F.silu,
     "gelu": F.gelu,

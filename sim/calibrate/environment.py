@@ -44,9 +44,19 @@ def environment(run: Run) -> Environment:
         cuda=torch.version.cuda or "",
         torch=str(torch.__version__),
         python=platform.python_version(),
+        transformers=_transformers_version() if run.options.hf else "",
         host=socket.gethostname(),
         date=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
+
+
+def _transformers_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("transformers")
+    except Exception:  # not installed: the hf family said so already
+        return ""
 
 
 def _nvidia_smi_driver(index: int) -> str:

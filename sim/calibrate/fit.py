@@ -9,8 +9,11 @@ physical roofline are measurement errors and are dropped (and counted).
 
 Memory-bound families (norm, activation, rotary, residual add, embedding gather):
 t = launch + bytes / (bandwidth · efficiency(log2 bytes)). Attention: prefill against
-peak FLOP/s, decode against bandwidth, likewise. Collectives: t = α + bytes / β per
-(op, fabric, device count). Copies: a bandwidth.
+peak FLOP/s, decode against bandwidth, likewise: one fit of every shape, and one per
+measured (heads, kv_heads, head_dim) and form. Ops timed as transformers runs them
+(`form: hf`) are fitted apart, one stream curve per kernel (`fit.hf`), and never mixed
+into the one-kernel fits. Collectives: t = α + bytes / β per (op, fabric, device
+count). Copies: a bandwidth.
 
 Curves are binned medians, so a few wild points do not move them.
 """
@@ -26,6 +29,7 @@ import scipy.sparse as sparse
 from scipy.sparse.linalg import lsqr
 
 from sim.cost.curves import stream_time
+from sim.cost.hf_eager import HF_WRITE_PER_READ
 from sim.spec.hardware import DeviceSpec
 from sim.spec.profile import (
     AttentionFit,
@@ -242,6 +246,8 @@ def fit_stream(moved: np.ndarray, times: np.ndarray, bandwidth: float) -> Stream
 
 
 def elementwise_bytes(p: ElementwisePoint, a_bytes: float) -> float:
+    if p.form == "hf" and p.kernel in HF_WRITE_PER_READ:
+        return p.tokens * p.width * (1.0 + HF_WRITE_PER_READ[p.kernel]) * a_bytes
     return p.tokens * p.width * (1.0 + WRITE_PER_READ[p.op]) * a_bytes
 
 
@@ -259,7 +265,7 @@ def fit_attention(
     points: Sequence[AttentionPoint], device: DeviceSpec, dtype: str, source: str = ""
 ) -> AttentionFit | None:
     """Prefill: a stream curve of FLOPs against peak FLOP/s; decode: one of K/V bytes
-    against bandwidth."""
+    against bandwidth. Of the points given, whatever their shape and form."""
     pre = [p for p in points if p.phase == "prefill"]
     dec = [p for p in points if p.phase == "decode"]
     if not pre or not dec:
@@ -282,6 +288,45 @@ def fit_attention(
         decode_memory=decode.efficiency,
         source=source,
     )
+
+
+def fit_attention_shapes(
+    points: Sequence[AttentionPoint], device: DeviceSpec, dtype: str
+) -> tuple[AttentionFit, ...]:
+    """One attention fit per measured (form, heads, kv_heads, head_dim)."""
+    groups: dict[tuple[str, int, int, int], list[AttentionPoint]] = defaultdict(list)
+    for p in points:
+        groups[(p.form or "", p.heads, p.kv_heads, p.head_dim)].append(p)
+    fits = []
+    for (form, h, hk, d), pts in sorted(groups.items()):
+        what = f"measured, {h} heads / {hk} K/V heads / head_dim {d}"
+        fit = fit_attention(pts, device, dtype, what + (f", {form} form" if form else ""))
+        if fit is not None:
+            fits.append(
+                fit.model_copy(
+                    update={"heads": h, "kv_heads": hk, "head_dim": d, "form": form or None}
+                )
+            )
+    return tuple(fits)
+
+
+def fit_hf_streams(
+    points: Sequence[ElementwisePoint], device: DeviceSpec, dtype: str
+) -> tuple[dict[str, StreamFit], dict[str, dict[str, float]]]:
+    """One stream curve per kernel timed in the hf form, and its in-sample errors."""
+    size = dtype_bytes(dtype)
+    bw = device.memory_bandwidth_bytes_per_s
+    kernels = sorted({p.kernel for p in points if p.form == "hf" and p.kernel})
+    fits: dict[str, StreamFit] = {}
+    quality: dict[str, dict[str, float]] = {}
+    for kernel in kernels:
+        pts = [p for p in points if p.form == "hf" and p.kernel == kernel]
+        moved = np.array([elementwise_bytes(p, size) for p in pts])
+        times = np.array([p.median_s for p in pts])
+        fits[kernel] = fit_stream(moved, times, bw)
+        pred = stream_time(fits[kernel], moved, bw)
+        quality[f"hf_{kernel}"] = _quality(np.abs(pred / times - 1) * 100)
+    return fits, quality
 
 
 def fit_collectives(points: Sequence[CollectivePoint]) -> tuple[CollectiveFit, ...]:
@@ -351,7 +396,7 @@ def fit_measurements(
     bw = device.memory_bandwidth_bytes_per_s
     streams: dict[str, StreamFit] = {}
     for family in WRITE_PER_READ:
-        pts = [p for p in measurements.elementwise if p.op == family]
+        pts = [p for p in measurements.elementwise if p.op == family and p.form is None]
         if not pts:
             continue
         moved = np.array([elementwise_bytes(p, size) for p in pts])
@@ -359,7 +404,10 @@ def fit_measurements(
         streams[family] = fit_stream(moved, times, bw)
         pred = stream_time(streams[family], moved, bw)
         quality[family] = _quality(np.abs(pred / times - 1) * 100)
-    attention = fit_attention(measurements.attention, device, dtype, "measured")
+    one_kernel = [p for p in measurements.attention if p.form is None]
+    attention = fit_attention(one_kernel, device, dtype, "measured")
+    hf, hf_quality = fit_hf_streams(measurements.elementwise, device, dtype)
+    quality.update(hf_quality)
     fit = Fit(
         gemm=gemm,
         norm=streams.get("norm"),
@@ -368,6 +416,8 @@ def fit_measurements(
         add=streams.get("add"),
         embedding=streams.get("embedding"),
         attention=attention,
+        attention_shapes=fit_attention_shapes(measurements.attention, device, dtype),
+        hf=hf,
         collectives=fit_collectives(measurements.collectives),
         copy_h2d_bytes_per_s=fit_copies(measurements.copies, "h2d"),
         copy_d2h_bytes_per_s=fit_copies(measurements.copies, "d2h"),

@@ -74,6 +74,7 @@ class Grid:
     repeats: int
     sample_s: float  # a sample batches back-to-back calls up to this long...
     max_calls: int  # ...and at most this many
+    point_budget_s: float = 2.0  # a point of calls longer than this gets fewer samples
 
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
@@ -162,6 +163,8 @@ class Options:
     name: str | None = None
     catalog_device: str | None = None
     threads: int | None = None
+    hf: bool = False  # also time ops as transformers' eager modules call them
+    compile: bool = True  # time a torch.compile'd decoder's step (not with --quick)
     command: str = ""
 
 

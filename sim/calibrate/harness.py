@@ -11,14 +11,20 @@ family (their docstrings give the details):
   gather at the layer plans' widths.
 - `copies`: launch overhead and copies between pinned host memory and the device.
 - `collectives`: with several GPUs and on request, NCCL collectives.
+- `hf` (with --hf): the ops as Hugging Face transformers' eager modules call them
+  (attention through its SDPA wrapper, the DynamicCache append, its norms, rotary and
+  activations, GPT-2's Conv1D GEMMs), for the hf-eager runtimes.
+- `runtime`: the host time of a small decoder's step (eager, and compiled unless
+  --quick), the eager launch of one kernel and, on CUDA, a CUDA graph's replay.
 
 `grids` checks the options and holds the grids of sizes, `timing` samples a kernel,
 `environment` names the device and the software; this module runs the families in
 turn, fits curves to the points (`sim.calibrate.fit`) and writes the profile.
 
-Assumptions: eager PyTorch, no CUDA graphs and no torch.compile, so every kernel pays
-its launch; a sample is a batch of back-to-back calls after warm-up; GEMM weights and
-decode KV caches are read from memory, activations stay cached (see `timing`).
+Assumptions: eager PyTorch, no CUDA graphs and no torch.compile (but for the runtime
+family's compiled step), so every kernel pays its launch; a sample is a batch of
+back-to-back calls after warm-up; GEMM weights and decode KV caches are read from
+memory, activations stay cached (see `timing`).
 Measurements take minutes, so neither a failed fit nor failed collectives lose them.
 """
 
@@ -41,6 +47,7 @@ from sim.calibrate.environment import environment, profile_device
 from sim.calibrate.fit import fit_measurements
 from sim.calibrate.gemm import measure_gemms
 from sim.calibrate.grids import Run
+from sim.calibrate.runtime import measure_runtime
 from sim.errors import LlmsimError
 from sim.spec.hardware import DeviceSpec
 from sim.spec.profile import CollectivePoint, Environment, Fit, Measurements, Profile
@@ -68,7 +75,10 @@ def _family(name: str, say: Callable[[str], None], work: Callable[[], Any]) -> A
     t0 = time.perf_counter()
     say(f"{name}: measuring")
     out = work()
-    count = len(out) if isinstance(out, list) else 1
+    if isinstance(out, tuple):
+        count = sum(len(part) for part in out)
+    else:
+        count = len(out) if isinstance(out, list) else 1
     say(f"{name}: {count} point(s) in {time.perf_counter() - t0:.1f} s")
     return out
 
@@ -97,6 +107,20 @@ def _calibrate(run: Run, say: Callable[[str], None]) -> Result:
         elementwise = _family("elementwise", say, lambda: measure_elementwise(run, skipped))
         launch_s = _family("launch", say, lambda: measure_launch(run))
         copies = _family("copy", say, lambda: measure_copies(run, skipped))
+        if run.options.hf:
+            from sim.calibrate.hf import measure_hf  # imports transformers, an optional extra
+
+            hf_gemm, hf_attention, hf_elementwise = _family(
+                "hf", say, lambda: measure_hf(run, skipped)
+            )
+            gemm, attention = gemm + hf_gemm, attention + hf_attention
+            elementwise = elementwise + hf_elementwise
+        compiled = run.options.compile and not run.options.quick
+        runtime = _family("runtime", say, lambda: measure_runtime(run, launch_s, compiled))
+        if run.options.hf:
+            from sim.calibrate.hf import measure_hf_host  # imports transformers
+
+            runtime = runtime.model_copy(update={"hf": measure_hf_host(run)})
     collectives: list[CollectivePoint] = []
     if run.options.collectives:
         g = run.grid
@@ -147,6 +171,7 @@ def _calibrate(run: Run, say: Callable[[str], None]) -> Result:
         measurements=measurements,
         fit=fit,
         quality=quality,
+        runtime=runtime,
     )
     return Result(profile, tuple(warnings), time.perf_counter() - t0)
 
@@ -167,14 +192,24 @@ def _description(run: Run, env: Environment) -> str:
         f"{'L2' if run.is_cuda else 'L3'} cache). "
         f"{'' if run.is_cuda else 'Copies: memcpy between host tensors, recorded as h2d. '}"
         f"{'Quick grid. ' if run.options.quick else ''}"
+        f"{_hf_note(run)}"
         "Median and p10/p90 over repeats of back-to-back calls after warm-up."
     )
 
 
-def check_writable(path: Path) -> None:
-    """Fail now, not after minutes of measuring, if the profile cannot be written."""
+def _hf_note(run: Run) -> str:
+    if not run.options.hf:
+        return ""
+    return (
+        "Points with form hf (conv1d): as Hugging Face transformers' eager modules call "
+        "the op (sim/calibrate/hf.py). "
+    )
+
+
+def check_writable(path: Path, what: str = "profile") -> None:
+    """Fail now, not after minutes of measuring, if the file cannot be written."""
     if path.is_dir():
-        raise LlmsimError("is a directory; give a file path for the profile", file=str(path))
+        raise LlmsimError(f"is a directory; give a file path for the {what}", file=str(path))
     existed = path.exists()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -182,18 +217,21 @@ def check_writable(path: Path) -> None:
             pass
     except OSError as exc:
         raise LlmsimError(
-            f"cannot write the profile: {exc.strerror or exc}", file=str(path)
+            f"cannot write the {what}: {exc.strerror or exc}", file=str(path)
         ) from None
     if not existed:
         path.unlink()
 
 
 def write_profile(profile: Profile, path: Path) -> None:
-    data = profile.model_dump(mode="json", exclude_none=True)
+    write_yaml(profile.model_dump(mode="json", exclude_none=True), path, "profile")
+
+
+def write_yaml(data: dict[str, Any], path: Path, what: str, header: str = "") -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        path.write_text(header + yaml.safe_dump(data, sort_keys=False))
     except OSError as exc:
         raise LlmsimError(
-            f"cannot write the profile: {exc.strerror or exc}", file=str(path)
+            f"cannot write the {what}: {exc.strerror or exc}", file=str(path)
         ) from None

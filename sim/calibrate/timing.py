@@ -7,8 +7,10 @@ the median, p10 and p90 of its samples; one that does not fit in device memory i
 skipped and counted.
 
 Assumptions: operands a forward pass reads from memory (GEMM weights, decode KV caches)
-are cloned until the copies together outgrow the last-level cache (GPU L2, CPU L3) twice
-over, and calls cycle through them, as a forward pass through many layers does;
+are cloned until the copies together outgrow the last-level cache (GPU L2, CPU L3)
+COLD_FACTOR times over, and calls cycle through them, as a forward pass through many
+layers does (twice over left a CPU's victim L3 serving a fifth of a GEMV's weight
+reads that a model's forward pass, with its other layers in between, does not);
 activations, produced just before they are used, stay cached. Operands are random
 normal (zeros draw less power and run faster on recent GPUs).
 """
@@ -60,12 +62,24 @@ def measure(
     sample_s: float = 0.0,
     max_calls: int = 1,
     calls: int | None = None,
+    budget_s: float | None = None,
 ) -> Stats:
     """Median, p10 and p90 seconds of one call of `fn` over `repeats` samples.
 
     Each sample times `calls` back-to-back calls (by default as many as fill `sample_s`,
-    at most `max_calls`) and divides by their count.
+    at most `max_calls`) and divides by their count. With `budget_s`, a call that takes
+    long gets one warm-up and as many samples as fit in the budget (at least
+    MIN_REPEATS; two, when the warm-up alone outlasted the budget): seconds-long calls
+    (a bf16 GEMM on a CPU without bf16 units) would otherwise take minutes a point.
     """
+    if budget_s is not None:
+        first = elapsed_s(fn, device, 1)  # the first warm-up call, timed
+        if first > budget_s:
+            warmup, repeats = 1, 2
+        elif first * warmup > budget_s:
+            warmup = 1
+            repeats = max(MIN_REPEATS, min(repeats, int(budget_s / first)))
+        warmup -= 1
     for _ in range(warmup):
         fn()
     sync(device)
@@ -73,6 +87,9 @@ def measure(
         one = elapsed_s(fn, device, 1)
         calls = int(min(max_calls, max(1.0, sample_s / max(one, 1e-9))))
     return stats([elapsed_s(fn, device, calls) / calls for _ in range(max(1, repeats))])
+
+
+MIN_REPEATS = 3
 
 
 def stats(samples: Sequence[float] | np.ndarray) -> Stats:
@@ -101,6 +118,7 @@ def try_point(
             repeats=g.repeats,
             sample_s=g.sample_s,
             max_calls=g.max_calls,
+            budget_s=g.point_budget_s,
         )
     except torch.cuda.OutOfMemoryError:
         skipped.append(what)
@@ -126,16 +144,18 @@ def cache_bytes(run: Run) -> int:
     return size if size > 0 else 32 * MiB
 
 
-MAX_COPIES = 64
+COLD_FACTOR = 8
+MAX_COPIES = 1024
 
 
 def cold(run: Run, tensors: tuple[torch.Tensor, ...]) -> list[tuple[torch.Tensor, ...]]:
-    """`tensors` and enough clones of them to outgrow the cache twice over (at most
-    MAX_COPIES sets): cycling through them, each call reads its operands from memory,
-    as a forward pass does, where every layer's weights and KV cache are evicted by the
-    other layers' before they are used again."""
+    """`tensors` and enough clones of them to outgrow the cache COLD_FACTOR times over
+    (at most MAX_COPIES sets): cycling through them, each call reads its operands from
+    memory, as a forward pass does, where every layer's weights and KV cache are evicted
+    by the other layers' before they are used again."""
     size = sum(t.numel() * t.element_size() for t in tensors)
-    copies = max(1, min(MAX_COPIES, math.ceil(2 * cache_bytes(run) / max(size, 1))))
+    want = COLD_FACTOR * cache_bytes(run)
+    copies = max(1, min(MAX_COPIES, math.ceil(want / max(size, 1))))
     return [tensors] + [tuple(t.clone() for t in tensors) for _ in range(copies - 1)]
 
 

@@ -5,8 +5,12 @@ token counts that holds the asked m is interpolated log-log in m; a measured sha
 within a factor of two in n and k is interpolated the same way and scaled to the asked
 shape by the ratio of their rooflines (FLOPs where compute-bound, bytes where memory-
 bound). Anything else comes from the profile's fitted surface, which predicts any shape.
-Memory-bound families and attention come from their fitted efficiency curves.
-A family the profile lacks falls back to the roofline kernel.
+Memory-bound families and attention come from their fitted efficiency curves; attention
+from the curve fitted to the op's own (heads, kv_heads, head_dim) when the profile
+measured that shape, else from one of the same grouping (heads per K/V head), else from
+the curve of every shape. A family the profile lacks falls back to the roofline kernel.
+Points timed in another runtime's form (`form:` in the profile) are not used here: see
+sim.cost.hf_eager.
 
 Whatever the source, the result is never below the physical roofline of the op.
 Dtypes other than the profile's are priced at the same efficiency relative to their own
@@ -33,7 +37,7 @@ from sim.arith.precision import Precision
 from sim.cost.curves import ScalarCurve, SurfacePoint, curve_at
 from sim.cost.roofline import RooflineKernel
 from sim.spec.hardware import DeviceSpec
-from sim.spec.profile import Profile
+from sim.spec.profile import AttentionFit, Profile
 from sim.units import dtype_bytes
 
 STREAM_FAMILY = {
@@ -60,7 +64,8 @@ class CalibratedKernel:
         self._measured: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         by_shape: dict[tuple[int, int], list[tuple[int, float]]] = defaultdict(list)
         for p in profile.measurements.gemm:
-            by_shape[(p.n, p.k)].append((p.m, p.median_s))
+            if p.form is None:
+                by_shape[(p.n, p.k)].append((p.m, p.median_s))
         for shape, pts in by_shape.items():
             pts.sort()
             m = np.log2([p[0] for p in pts])
@@ -74,16 +79,14 @@ class CalibratedKernel:
             for family in set(STREAM_FAMILY.values())
             if (stream := getattr(self.fit, family)) is not None
         }
-        att = self.fit.attention
-        self._prefill_eff = ScalarCurve(att.prefill_compute) if att is not None else None
-        self._decode_eff = ScalarCurve(att.decode_memory) if att is not None else None
+        self._attention: dict[tuple[int, int, int], AttentionCurves | None] = {}
         self._cache: dict[tuple[int, int, float], float] = {}
 
     # ------------------------------------------------------------------ the kernel
     def source(self, op: Op) -> str:
         if op.kind == "gemm" and self.fit.gemm is not None:
             return "calibrated"
-        if op.kind in ("attn_prefill", "attn_decode") and self.fit.attention is not None:
+        if op.kind in ("attn_prefill", "attn_decode") and self.attention_curves(op) is not None:
             return "calibrated"
         family = STREAM_FAMILY.get(op.name)
         if family is not None and getattr(self.fit, family) is not None:
@@ -96,18 +99,22 @@ class CalibratedKernel:
         t = self._time(op, work)
         return max(t, self._ideal.op_time(op, work))  # never below the roofline
 
+    def attention_curves(self, op: Op) -> AttentionCurves | None:
+        """The attention fit for the op's shape (see the module docstring), or None."""
+        key = (op.heads, op.kv_heads, op.head_dim)
+        if key not in self._attention:
+            fit = pick_attention(self.fit.attention_shapes, *key, form=None)
+            fit = fit or self.fit.attention
+            self._attention[key] = AttentionCurves(fit) if fit is not None else None
+        return self._attention[key]
+
     def _time(self, op: Op, work: Work) -> float:
         if op.kind == "gemm" and self.fit.gemm is not None:
             return self._gemm(op, work.tokens)
-        att = self.fit.attention
-        if op.kind == "attn_prefill" and att is not None and self._prefill_eff is not None:
-            flops = op_flops(op, work)
-            eff = self._prefill_eff(math.log2(max(flops, 1.0)))
-            return att.prefill_launch_s + flops / (self.flops_per_s * eff)
-        if op.kind == "attn_decode" and att is not None and self._decode_eff is not None:
-            kv = float(work.decode_kv_tokens) * kv_read_bytes_per_token(op, self.precision)
-            eff = self._decode_eff(math.log2(max(kv, 1.0)))
-            return att.decode_launch_s + kv / (self.bytes_per_s * eff)
+        if op.kind in ("attn_prefill", "attn_decode"):
+            curves = self.attention_curves(op)
+            if curves is not None:
+                return curves.time(op, work, self.precision, self.flops_per_s, self.bytes_per_s)
         family = STREAM_FAMILY.get(op.name)
         stream = self._streams.get(family) if family else None
         if stream is not None:
@@ -123,11 +130,11 @@ class CalibratedKernel:
             return 0.0
         if op.kind == "gemm" and self.fit.gemm is not None:
             return 0.0
-        att = self.fit.attention
-        if op.kind == "attn_prefill" and att is not None and self._prefill_eff is not None:
-            return att.prefill_launch_s
-        if op.kind == "attn_decode" and att is not None and self._decode_eff is not None:
-            return att.decode_launch_s
+        if op.kind in ("attn_prefill", "attn_decode"):
+            curves = self.attention_curves(op)
+            if curves is not None:
+                att = curves.fit
+                return att.prefill_launch_s if op.kind == "attn_prefill" else att.decode_launch_s
         family = STREAM_FAMILY.get(op.name)
         stream = self._streams.get(family) if family else None
         if stream is not None:
@@ -136,9 +143,10 @@ class CalibratedKernel:
 
     def decode_attention_times(self, op: Op, seqs: int, kv_tokens: np.ndarray) -> np.ndarray:
         """Vectorised `op_time` of decode attention over many KV totals."""
-        att = self.fit.attention
-        if att is None or seqs == 0:
+        curves = self.attention_curves(op)
+        if curves is None or seqs == 0:
             return self.fallback.decode_attention_times(op, seqs, kv_tokens)
+        att = curves.fit
         kv = np.asarray(kv_tokens * kv_read_bytes_per_token(op, self.precision), dtype=float)
         eff = curve_at(att.decode_memory, np.log2(np.maximum(kv, 1.0)))
         t = att.decode_launch_s + kv / (self.bytes_per_s * eff)
@@ -197,3 +205,48 @@ class CalibratedKernel:
         moved = (n * k + m * (n + k)) * size
         peak = self.device.flops(self.profile.dtype)
         return max(flops / peak, moved / self.bytes_per_s)
+
+
+# ---------------------------------------------------------------------- attention fits
+
+
+def pick_attention(
+    fits: tuple[AttentionFit, ...], heads: int, kv_heads: int, head_dim: int, form: str | None
+) -> AttentionFit | None:
+    """The fit of this (heads, kv_heads, head_dim) in `form`; else, of the fits in that
+    form with as many heads per K/V head (one: MHA; more: GQA or MQA), the nearest in
+    heads and head_dim; else None."""
+    shaped = [
+        (f, f.heads, f.kv_heads, f.head_dim)
+        for f in fits
+        if f.form == form and f.heads and f.kv_heads and f.head_dim
+    ]
+    group = heads // max(kv_heads, 1)
+    best, best_d = None, math.inf
+    for f, h, hk, dh in shaped:
+        if (h, hk, dh) == (heads, kv_heads, head_dim):
+            return f
+        d = abs(math.log2(h / heads)) + abs(math.log2(dh / head_dim))
+        if h // hk == group and d < best_d:
+            best, best_d = f, d
+    return best
+
+
+class AttentionCurves:
+    """One attention fit, read one value at a time."""
+
+    def __init__(self, fit: AttentionFit):
+        self.fit = fit
+        self.prefill = ScalarCurve(fit.prefill_compute)
+        self.decode = ScalarCurve(fit.decode_memory)
+
+    def time(
+        self, op: Op, work: Work, precision: Precision, flops_per_s: float, bytes_per_s: float
+    ) -> float:
+        if op.kind == "attn_prefill":
+            flops = op_flops(op, work)
+            eff = self.prefill(math.log2(max(flops, 1.0)))
+            return self.fit.prefill_launch_s + flops / (flops_per_s * eff)
+        kv = float(work.decode_kv_tokens) * kv_read_bytes_per_token(op, precision)
+        eff = self.decode(math.log2(max(kv, 1.0)))
+        return self.fit.decode_launch_s + kv / (bytes_per_s * eff)
