@@ -25,7 +25,6 @@ needs_data = pytest.mark.skipif(
 )
 # Entries of the shared file the suite reproduces, and the rows each must give a number.
 REPRODUCIBLE_PREFIXES = ("gptfast_", "trtllm_", "vllm_table1_memory/", "vllm_opt13b_kv")
-QUICK_REQUESTS = 2000  # cap on the throughput benchmarks' requests in tests
 
 
 def write_data(tmp_path: Path, entries: list[dict]) -> Path:
@@ -205,7 +204,7 @@ def test_cli_table(tmp_path, capsys):
 def shared_report() -> Report:
     if not DATA.is_file():
         pytest.skip(f"the shared measurements ({DATA}) are not beside this checkout")
-    return validate(max_requests=QUICK_REQUESTS)
+    return validate(quick=True)
 
 
 @needs_data
@@ -226,6 +225,8 @@ def test_every_reproducible_entry_gives_a_number(shared_report):
         "2P1D_per_GPU",
     }
     sims = {k: r.simulated for k, r in goodput.items()}
+    # quick: one seed, a 5% bisection, and the note says so
+    assert all("over 1 seed(s)" in r.note and "bisection to 5%" in r.note for r in goodput.values())
     assert all(
         r.status == OK and v is not None and v > 0
         for (k, v), r in zip(sims.items(), goodput.values(), strict=True)
@@ -334,3 +335,14 @@ def test_validate_runs_from_anywhere(tmp_path, monkeypatch):
     report = validate(only="vllm_opt13b_kv_per_token")
     (row,) = report.rows
     assert row.simulated == pytest.approx(800.0)  # 819,200 B = 800 KiB per token
+
+
+def test_rows_of_one_entry_sharing_an_id_are_told_apart_by_metric():
+    from sim.fidelity.validate import _unique
+
+    rows = [
+        Row("e", "TTFT p50", 1.0, 1.1, "ms", ""),
+        Row("e", "TPOT p50", 2.0, 2.2, "ms", ""),
+        Row("f", "throughput", 3.0, 3.0, "tok/s", ""),
+    ]
+    assert [r.id for r in _unique(rows)] == ["e/ttft_p50", "e/tpot_p50", "f"]

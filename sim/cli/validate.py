@@ -41,8 +41,16 @@ def setup(sub: argparse._SubParsersAction) -> None:
         "--group",
         action="append",
         metavar="GROUP",
-        help="only the entries of this group (repeatable): C_serving, P1_serving_load, "
-        "P2_step_timing, P3_tp_scaling, P4_moe, P5_new_hardware, D_measured_here",
+        help="only the entries of this group (repeatable): C_serving, D_measured_here, "
+        "F_flexgen_offloading, P1_serving_load, P1_trace_replay, P2_step_timing, "
+        "P3_tp_scaling, P4_moe, P5_new_hardware, R_runtime_kernels",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a rougher, several times faster run: capacity searches (DistServe's "
+        "goodput) with one seed and a 5%% bisection, throughput benchmarks capped at "
+        "2,000 requests",
     )
     p.set_defaults(func=run)
 
@@ -114,7 +122,7 @@ def group_table(report: Report) -> str:
 def run(ns: argparse.Namespace) -> int:
     from sim.fidelity.validate import validate
 
-    report = validate(ns.data, only=ns.only, groups=tuple(ns.group or ()))
+    report = validate(ns.data, only=ns.only, groups=tuple(ns.group or ()), quick=ns.quick)
     if ns.json:
         print_json(report.to_dict())
         return 0

@@ -24,6 +24,7 @@ RUNTIME = "vllm-v0"  # DistServe (OSDI 2024) compared against vLLM of early 2024
 GOODPUT_REQUESTS = 1000  # per seed and rate
 GOODPUT_SEEDS = 3
 GOODPUT_REL_TOL = 0.01
+QUICK_SEEDS, QUICK_REL_TOL = 1, 0.05  # Options.quick
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ def distserve(entry: dict[str, Any], opts: Options) -> list[Row]:
     unit = str(entry.get("unit", "requests/s"))
     d = DISTSERVE_FIG1
     found: dict[str, float] = {}  # scenario name -> goodput (2P1D serves two rows)
+    seeds, tol = (QUICK_SEEDS, QUICK_REL_TOL) if opts.quick else (GOODPUT_SEEDS, GOODPUT_REL_TOL)
     rows = []
     for key, measured in value.items():
         rid = f"{entry['id']}/{key}"
@@ -118,8 +120,8 @@ def distserve(entry: dict[str, Any], opts: Options) -> list[Row]:
             result = capacity(
                 load_scenario(spec),
                 target=d.attainment,
-                seeds=GOODPUT_SEEDS,
-                tolerance=GOODPUT_REL_TOL,
+                seeds=seeds,
+                tolerance=tol,
                 loads=(),
             )
             found[spec["name"]] = result.capacity_rps
@@ -134,8 +136,8 @@ def distserve(entry: dict[str, Any], opts: Options) -> list[Row]:
                 f"{d.model} {d.dtype} on {d.cluster}, vllm policy, Poisson, {d.prompt} in / "
                 f"{d.output} out; {_DISTSERVE_HOW[str(key)]}; TTFT <= {d.ttft_s} s, TPOT <= "
                 f"{d.tpot_s} s (Fig. 1 SLOs, per the authors' blog); `llmsim capacity` "
-                f"--target {d.attainment} over {GOODPUT_SEEDS} seeds x {GOODPUT_REQUESTS} "
-                f"requests, 10% warm-up and drain trimmed, bisection to {GOODPUT_REL_TOL:.0%}; "
+                f"--target {d.attainment} over {seeds} seed(s) x {GOODPUT_REQUESTS} "
+                f"requests, 10% warm-up and drain trimmed, bisection to {tol:.0%}; "
                 f"runtime {RUNTIME}",
                 runtime=RUNTIME,
             )

@@ -112,6 +112,9 @@ def summarize(rows: list[Row]) -> FidelitySummary:
 @dataclass(frozen=True)
 class Options:
     max_requests: int | None = None
+    # Capacity searches (DistServe's goodput) with one seed and a 5% bisection: a
+    # rougher, several times cheaper check (`llmsim validate --quick`, the test suite).
+    quick: bool = False
     # Settings laid over catalog runtimes (runtime name -> fields), for the fit of the
     # runtimes' free parameters (bench/fit_runtimes.py); empty in `llmsim validate`.
     runtimes: dict[str, dict[str, Any]] = field(default_factory=dict)

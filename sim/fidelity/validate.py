@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -105,6 +106,7 @@ _HANDLERS: list[tuple[re.Pattern[str], Handler]] = [
 
 
 SHIPPED = Path(__file__).resolve().parent / "measurements.yaml"
+QUICK_REQUESTS = 2000  # validate(quick=True): the throughput benchmarks' request cap
 
 
 def default_data_path() -> Path:
@@ -132,13 +134,26 @@ def _not_covered(entry: dict[str, Any], opts: Options) -> list[Row]:
     return [unpriced_row(entry, reason, NOT_REPRODUCIBLE)]
 
 
+def _unique(rows: list[Row]) -> list[Row]:
+    """Rows of one entry that share an id (one per figure of a setup) are told apart by
+    their metric: `<id>/<metric slug>`."""
+    counts = Counter(r.id for r in rows)
+    out = []
+    for r in rows:
+        if counts[r.id] > 1:
+            slug = re.sub(r"[^a-z0-9]+", "_", r.metric.lower()).strip("_")
+            r = replace(r, id=f"{r.id}/{slug}")
+        out.append(r)
+    return out
+
+
 def _rows_for(entry: Any, index: int, opts: Options) -> list[Row]:
     if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
         return [Row(f"entry #{index}", "", None, None, "", "skipped: entry has no id", SKIPPED)]
     handler = next((h for pattern, h in _HANDLERS if pattern.search(entry["id"])), _not_covered)
     group = str(entry.get("group", "") or "")
     try:
-        return [replace(r, group=group) for r in handler(entry, opts)]
+        return _unique([replace(r, group=group) for r in handler(entry, opts)])
     except (EntryError, LlmsimError) as exc:
         reason = exc.line() if isinstance(exc, LlmsimError) else str(exc)
     except (KeyError, TypeError, ValueError) as exc:
@@ -163,16 +178,21 @@ def validate(
     groups: tuple[str, ...] = (),
     ids: frozenset[str] | None = None,
     runtimes: dict[str, dict[str, Any]] | None = None,
+    quick: bool = False,
 ) -> Report:
     """Compare the simulator with every entry of `data` (default: `default_data_path()`)
     whose id contains `only` (case-insensitive). `max_requests` caps the requests of the
     throughput benchmarks (for quick checks; the published counts are the default).
     `groups` keeps only entries of those groups, `ids` only those entries; `runtimes`
-    lays settings over catalog runtimes (the runtime fit's candidate values)."""
+    lays settings over catalog runtimes (the runtime fit's candidate values); `quick`
+    runs the capacity searches with one seed and a 5% bisection and caps the
+    throughput benchmarks at 2,000 requests (unless `max_requests` says otherwise)."""
     wall0 = time.perf_counter()
     path = Path(data) if data is not None else default_data_path()
     entries = load_measurements(path) if data is not None else default_entries()
-    opts = Options(max_requests=max_requests, runtimes=runtimes or {})
+    if quick and max_requests is None:
+        max_requests = QUICK_REQUESTS
+    opts = Options(max_requests=max_requests, runtimes=runtimes or {}, quick=quick)
     rows: list[Row] = []
     for i, entry in enumerate(entries):
         if (
