@@ -342,3 +342,32 @@ def test_the_bench_runs_at_a_tiny_size(tmp_path):
     assert lines and lines[0].startswith("fp32 round 1/1")
     rt = result.profiles["fp32"].runtime
     assert rt is not None and rt.host_step_s.eager is not None
+
+
+def test_a_scenario_under_hf_eager_plans_its_stages_with_the_hf_kernel(monkeypatch):
+    """The plan wraps the device's calibrated kernel for the hf-eager runtimes (and
+    only for them), so `llmsim run` prices a step as transformers runs it."""
+    import sim.plan.deploy as deploy_module
+    from sim.plan import load_scenario
+    from sim.plan.deploy import deploy
+
+    def calibrated(device, precision, mode="auto"):
+        return CalibratedKernel(device, precision, profile()), profile()
+
+    monkeypatch.setattr(deploy_module, "make_kernel", calibrated)
+    base = {
+        "cluster": "dgx-a100",
+        "model": "gpt3-125m",
+        "workload": {
+            "requests": 4,
+            "arrival": {"process": "poisson", "rate": 1},
+            "prompt": {"dist": "fixed", "value": 32},
+            "output": {"dist": "fixed", "value": 4},
+        },
+    }
+    for name, cache in (("hf-eager", True), ("hf-eager-no-cache", False)):
+        (replica,) = deploy(load_scenario({**base, "runtime": name})).replicas
+        kernel = replica.stages[0].cost.kernel
+        assert isinstance(kernel, HfEagerKernel) and kernel.cache is cache
+    (replica,) = deploy(load_scenario({**base, "runtime": "vllm-v1"})).replicas
+    assert isinstance(replica.stages[0].cost.kernel, CalibratedKernel)

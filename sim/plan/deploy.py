@@ -26,6 +26,7 @@ from sim.cost.offload import Machine, StepPricer
 from sim.cost.stage import StageCost
 from sim.cost.topology import Cluster, Route, build_cluster, join_clusters
 from sim.errors import LlmsimError
+from sim.cost.hf_eager import runtime_kernel
 from sim.plan.kernels import make_kernel
 from sim.plan.layers import plan_attention
 from sim.plan.memory import MemoryPlan, plan_memory
@@ -230,6 +231,7 @@ def plan_replicas(
         kernel, profile = make_kernel(cluster.device, precision, s.engine.cost)
     except LlmsimError as exc:
         raise s.error(exc.message, exc.key or "engine.cost") from None
+    kernel = runtime_kernel(kernel, model, s.runtime)  # hf-eager: ops as transformers runs them
     memory = plan_memory(s, cluster, precision, kernel)
     fits = profile.fit.collectives if profile is not None else ()
     rt = s.runtime
