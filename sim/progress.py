@@ -61,5 +61,6 @@ class Progress:
 
     def close(self) -> None:
         if self._bar is not None:
+            self._bar.refresh()  # the final count, even when it came within mininterval
             self._bar.close()
             self._bar = None
