@@ -54,6 +54,7 @@ import torch
 
 from sim.arith.ops import layer_plan
 from sim.calibrate.grids import Run
+from sim.calibrate.runtime import PROBE
 from sim.calibrate.timing import cold, cycle, measure, randn, timing, try_point
 from sim.cost.hf_eager import CONV1D_OPS, hf_family, hf_kernels
 from sim.errors import LlmsimError
@@ -348,19 +349,9 @@ HOST_PROBES = {
         position="learned",
         tied_embeddings=True,
     ),
-    "llama": ModelSpec(
-        name="hf-probe-llama",
-        n_layers=1,
-        d_model=64,
-        n_heads=4,
-        n_kv_heads=2,
-        d_ff=128,
-        mlp="gated",
-        activation="silu",
-        norm="rmsnorm",
-        vocab_size=256,
-        max_seq_len=4096,
-        position="rotary",
+    # the runtime probe's decoder (sim.calibrate.runtime), one layer, as transformers builds it
+    "llama": PROBE.model_copy(
+        update={"name": "hf-probe-llama", "n_layers": 1, "max_seq_len": 4096}
     ),
 }
 
