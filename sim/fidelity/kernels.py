@@ -3,8 +3,9 @@ R_runtime_kernels, `sim/fidelity/runtime_figures.yaml`): the custom all-reduce t
 vllm-v0/v1, sglang and tensorrt-llm use inside an NVLink domain, priced by the same
 `CollectiveModel` the engine uses, on a DGX H100 at TP 2/4/8. The source timed the
 kernels without CUDA graphs, one launch included; the runtimes take their
-`custom_latency` from its 512-byte rows as they stand, launch and all (inside a graph
-the launch is gone: the engine's price is on the safe side by about a launch)."""
+`custom_latency` from its 512-byte rows as they stand, launch and all, and these rows
+are priced so; inside a CUDA graph the engine takes the device's launch overhead off
+(sim.plan.deploy.custom_latency_s)."""
 
 from __future__ import annotations
 

@@ -21,18 +21,19 @@ from sim.arith.memory import kv_bytes_per_token
 from sim.arith.ops import layer_plan
 from sim.arith.precision import Precision
 from sim.cost.collectives import CustomAllReduce
+from sim.cost.hf_eager import runtime_kernel
 from sim.cost.layouts import Layout, build_layout
 from sim.cost.offload import Machine, StepPricer
 from sim.cost.stage import StageCost
 from sim.cost.topology import Cluster, Route, build_cluster, join_clusters
 from sim.errors import LlmsimError
-from sim.cost.hf_eager import runtime_kernel
 from sim.plan.kernels import make_kernel
 from sim.plan.layers import plan_attention
 from sim.plan.memory import MemoryPlan, plan_memory
 from sim.plan.offload import offload_machine
 from sim.spec.hardware import DeviceSpec, LinkSpec
 from sim.spec.offload import OffloadSpec
+from sim.spec.runtime import RuntimeSpec
 from sim.spec.scenario import Scenario
 
 Edge = tuple[str, str]
@@ -213,6 +214,17 @@ def _stage_cost_key(layout: Layout | None) -> tuple[float, ...]:
     return (layout.layer_comm_s(1), layout.layer_comm_s(1024))
 
 
+def custom_latency_s(rt: RuntimeSpec, device: DeviceSpec) -> float:
+    """A custom all-reduce's fixed cost as the runtime runs it. `custom_latency` is read
+    from microbenchmarks timed without CUDA graphs, one launch included; a runtime that
+    replays its steps as graphs launches nothing per kernel, so the device's launch
+    overhead comes off (prefill steps a graph does not cover are long enough that the
+    launch is lost in them)."""
+    if not rt.graphs.enabled:
+        return rt.custom_latency_s
+    return max(rt.custom_latency_s - device.launch_overhead_s, 0.0)
+
+
 def plan_replicas(
     s: Scenario,
     cluster: Cluster,
@@ -236,7 +248,9 @@ def plan_replicas(
     fits = profile.fit.collectives if profile is not None else ()
     rt = s.runtime
     custom = (
-        CustomAllReduce(rt.custom_max_bytes, rt.custom_latency_s, rt.custom_bandwidth)
+        CustomAllReduce(
+            rt.custom_max_bytes, custom_latency_s(rt, cluster.device), rt.custom_bandwidth
+        )
         if rt.all_reduce == "custom"
         else None
     )
