@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-DType = Literal["fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4"]
+DType = Literal["fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4", "nvfp4", "mxfp4"]
 
 DTYPE_BYTES: dict[str, float] = {
     "fp32": 4.0,
@@ -19,6 +19,10 @@ DTYPE_BYTES: dict[str, float] = {
     "fp8": 1.0,
     "int8": 1.0,
     "int4": 0.5,
+    # Block-scaled 4-bit floats (e2m1) carry their scales in their size: NVFP4 one fp8
+    # (e4m3) scale per 16 values, MXFP4 (OCP MX) one e8m0 scale per 32 values.
+    "nvfp4": 0.5 + 1 / 16,
+    "mxfp4": 0.5 + 1 / 32,
 }
 
 # Which peak-FLOP/s entry of a device a matmul in a given weight dtype runs at, in order
@@ -33,7 +37,13 @@ COMPUTE_FALLBACK: dict[str, tuple[str, ...]] = {
     "fp8": ("fp8", "fp16", "bf16", "fp32"),
     "int8": ("int8", "fp8", "fp16", "bf16", "fp32"),
     "int4": ("int4", "int8", "fp16", "bf16", "fp32"),
+    # No fallback: a device without FP4 tensor cores cannot run FP4 matmuls.
+    "nvfp4": ("nvfp4",),
+    "mxfp4": ("mxfp4",),
 }
+
+# Compute dtypes a device must list in `peak_flops` (refused, not emulated, elsewhere).
+STRICT_COMPUTE: tuple[str, ...] = ("nvfp4", "mxfp4")
 
 KB, MB, GB, TB, PB = 1e3, 1e6, 1e9, 1e12, 1e15
 KiB, MiB, GiB, TiB = 2.0**10, 2.0**20, 2.0**30, 2.0**40

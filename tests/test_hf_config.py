@@ -446,3 +446,162 @@ def test_catalog_agrees_with_the_profiled_shapes(csv: Path) -> None:
     assert int(row["n_expanded_embd"]) == spec.d_ff
     assert bool(row["use_gated_mlp"]) == (spec.mlp == "gated")
     assert int(row["vocab_size"]) == VOCAB_EXCEPTIONS.get(hf_id, spec.vocab_size)
+
+
+# ---------------------------------------------------------------- MoE and MLA families
+
+# Trimmed copies of deepseek-ai/DeepSeek-V3/config.json, Qwen/Qwen3-30B-A3B/config.json
+# and Qwen/Qwen1.5-MoE-A2.7B/config.json (recalled).
+DEEPSEEK_V3: dict[str, Any] = {
+    "architectures": ["DeepseekV3ForCausalLM"],
+    "attention_bias": False,
+    "first_k_dense_replace": 3,
+    "hidden_act": "silu",
+    "hidden_size": 7168,
+    "intermediate_size": 18432,
+    "kv_lora_rank": 512,
+    "max_position_embeddings": 163840,
+    "model_type": "deepseek_v3",
+    "moe_intermediate_size": 2048,
+    "moe_layer_freq": 1,
+    "n_group": 8,
+    "n_routed_experts": 256,
+    "n_shared_experts": 1,
+    "num_attention_heads": 128,
+    "num_experts_per_tok": 8,
+    "num_hidden_layers": 61,
+    "num_key_value_heads": 128,
+    "num_nextn_predict_layers": 1,
+    "q_lora_rank": 1536,
+    "qk_nope_head_dim": 128,
+    "qk_rope_head_dim": 64,
+    "quantization_config": {"fmt": "e4m3", "quant_method": "fp8", "weight_block_size": [128, 128]},
+    "rms_norm_eps": 1e-06,
+    "tie_word_embeddings": False,
+    "topk_group": 4,
+    "v_head_dim": 128,
+    "vocab_size": 129280,
+}
+QWEN3_30B_A3B: dict[str, Any] = {
+    "architectures": ["Qwen3MoeForCausalLM"],
+    "attention_bias": False,
+    "decoder_sparse_step": 1,
+    "head_dim": 128,
+    "hidden_act": "silu",
+    "hidden_size": 2048,
+    "intermediate_size": 6144,
+    "max_position_embeddings": 40960,
+    "mlp_only_layers": [],
+    "model_type": "qwen3_moe",
+    "moe_intermediate_size": 768,
+    "num_attention_heads": 32,
+    "num_experts": 128,
+    "num_experts_per_tok": 8,
+    "num_hidden_layers": 48,
+    "num_key_value_heads": 4,
+    "rms_norm_eps": 1e-06,
+    "sliding_window": None,
+    "tie_word_embeddings": False,
+    "use_sliding_window": False,
+    "vocab_size": 151936,
+}
+QWEN15_MOE: dict[str, Any] = {
+    "architectures": ["Qwen2MoeForCausalLM"],
+    "decoder_sparse_step": 1,
+    "hidden_act": "silu",
+    "hidden_size": 2048,
+    "intermediate_size": 5632,
+    "max_position_embeddings": 8192,
+    "mlp_only_layers": [],
+    "model_type": "qwen2_moe",
+    "moe_intermediate_size": 1408,
+    "num_attention_heads": 16,
+    "num_experts": 60,
+    "num_experts_per_tok": 4,
+    "num_hidden_layers": 24,
+    "num_key_value_heads": 16,
+    "rms_norm_eps": 1e-06,
+    "shared_expert_intermediate_size": 5632,
+    "sliding_window": 32768,
+    "tie_word_embeddings": False,
+    "use_sliding_window": False,
+    "vocab_size": 151936,
+}
+
+
+@pytest.mark.parametrize(
+    ("config", "catalog_name"), [(DEEPSEEK_V3, "deepseek-v3"), (QWEN3_30B_A3B, "qwen3-30b-a3b")]
+)
+def test_moe_configs_agree_with_their_catalog_entries(
+    tmp_path: Path, config: dict[str, Any], catalog_name: str
+) -> None:
+    from_json = load_model(str(write_config(tmp_path / catalog_name, config)))
+    from_yaml = load_model(catalog_name)
+    diffs = {
+        f: (getattr(from_json, f), getattr(from_yaml, f))
+        for f in ARCH_FIELDS
+        if getattr(from_json, f) != getattr(from_yaml, f)
+    }
+    assert not diffs
+
+
+def test_deepseek_v3_config_gives_the_published_figures(tmp_path: Path) -> None:
+    from sim.plan.analyze import analyze
+
+    m = model_from_hf_config(write_config(tmp_path / "deepseek-v3", DEEPSEEK_V3))
+    assert m.mla is not None and m.mla.latent_dim == 576
+    a = analyze(m, "h200", tp=8)
+    assert a.params / 1e9 == pytest.approx(671.0, rel=5e-3)
+    assert a.kv_bytes_per_token == 70_272
+
+
+def test_deepseek_v2_lite_has_a_full_rank_query(tmp_path: Path) -> None:
+    lite = {**DEEPSEEK_V3, "model_type": "deepseek_v2", "q_lora_rank": None}
+    m = model_from_hf_config(write_config(tmp_path / "lite", lite))
+    assert m.mla is not None and m.mla.q_lora_rank is None
+
+
+def test_qwen2_moe_shared_expert_and_published_totals(tmp_path: Path) -> None:
+    from sim.arith.params import active_params, total_params
+
+    m = model_from_hf_config(write_config(tmp_path / "qwen1.5-moe-a2.7b", QWEN15_MOE))
+    assert m.moe is not None
+    assert (m.moe.shared_experts, m.d_ff_shared, m.has_qkv_bias) == (1, 5632, True)
+    # Qwen blog 'Qwen1.5-MoE: Matching 7B Model Performance with 1/3 Activated Parameters'
+    # (March 2024): 14.3B parameters in total, 2.7B activated
+    assert total_params(m) / 1e9 == pytest.approx(14.3, rel=2e-3)
+    assert active_params(m) / 1e9 == pytest.approx(2.7, rel=5e-3)
+
+
+@pytest.mark.parametrize(
+    ("model_type", "missing"),
+    [("gemma2", "one attention window"), ("gemma3", "one attention window"), ("llama4", "chunk")],
+)
+def test_layerwise_attention_families_are_refused(
+    tmp_path: Path, model_type: str, missing: str
+) -> None:
+    with pytest.raises(LlmsimError, match=missing) as info:
+        model_from_hf_config(write_config(tmp_path / "m", {**LLAMA_2_7B, "model_type": model_type}))
+    assert info.value.key == "model_type" and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("decoder_sparse_step", 2), ("mlp_only_layers", [0, 1])]
+)
+def test_qwen_moe_layer_patterns_it_cannot_place_are_refused(
+    tmp_path: Path, key: str, value: Any
+) -> None:
+    with pytest.raises(LlmsimError) as info:
+        model_from_hf_config(write_config(tmp_path / "m", {**QWEN3_30B_A3B, key: value}))
+    assert info.value.key == key
+
+
+@pytest.mark.parametrize("junk", JUNK, ids=repr)
+def test_junk_in_moe_and_mla_configs(tmp_path: Path, junk: Any) -> None:
+    for base in (DEEPSEEK_V3, QWEN3_30B_A3B, QWEN15_MOE):
+        for key in base:
+            path = write_config(tmp_path / key, {**base, key: junk})
+            try:
+                model_from_hf_config(path)
+            except LlmsimError as err:
+                assert err.file == str(path)

@@ -13,8 +13,9 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from sim.errors import LlmsimError
 from sim.spec.base import Bytes, BytesPerS, FlopsPerS, Seconds, Spec
-from sim.units import COMPUTE_FALLBACK
+from sim.units import COMPUTE_FALLBACK, STRICT_COMPUTE
 
 
 class EfficiencySpec(Spec):
@@ -69,6 +70,13 @@ class DeviceSpec(Spec):
         for candidate in COMPUTE_FALLBACK.get(dtype, (dtype,)):
             if candidate in self.peak_flops:
                 return self.peak_flops[candidate]
+        if dtype in STRICT_COMPUTE:
+            raise LlmsimError(
+                f"{dtype} matmuls need a device with {dtype} tensor cores; {self.name} has "
+                f"{', '.join(self.peak_flops)} (use {dtype} for weights only, with bf16 "
+                "activations)",
+                key="precision.activations",
+            )
         return max(self.peak_flops.values())
 
     def ridge_flops_per_byte(self, dtype: str = "bf16") -> float:

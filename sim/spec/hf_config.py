@@ -14,8 +14,12 @@ classes onto the schema in `sim.spec.model`:
 | vocab_size     | vocab_size                                                             |
 | max_seq_len    | max_position_embeddings, n_positions, seq_length, n_ctx                |
 | sliding_window | sliding_window (unless use_sliding_window is false)                    |
-| moe            | num_local_experts / num_experts, num_experts_per_tok,                  |
-|                | moe_intermediate_size, n_shared_experts                                |
+| moe            | num_local_experts / num_experts / n_routed_experts, num_experts_per_tok,|
+|                | moe_intermediate_size, n_shared_experts (DeepSeek),                    |
+|                | shared_expert_intermediate_size (Qwen2-MoE: one shared expert),        |
+|                | first_k_dense_replace, moe_layer_freq (DeepSeek)                       |
+| mla            | kv_lora_rank, q_lora_rank, qk_nope_head_dim, qk_rope_head_dim,         |
+|                | v_head_dim (DeepSeek-V2/V3; d_head is then qk_nope + qk_rope)          |
 | tied_embeddings| tie_word_embeddings                                                    |
 | activation     | hidden_act, activation_function, hidden_activation                     |
 | norm           | rmsnorm when rms_norm_eps is present, else the family's norm           |
@@ -24,7 +28,19 @@ What a config.json does not say is taken from its `model_type` (or, failing that
 `architectures` entry): whether the MLP is gated, the norm, biases, the position
 encoding, parallel attention+MLP blocks, the default for tied embeddings (the
 `transformers` class default), and whether it is an encoder. Supported families: llama,
-mistral, mixtral, qwen2, internlm, opt, gpt2, gpt_neox, phi, falcon and bert. Assumptions:
+mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, deepseek_v2, deepseek_v3, internlm,
+opt, gpt2, gpt_neox, phi, falcon and bert. Refused, with what the op model lacks: gemma2
+and gemma3 (sliding-window and global attention alternate by layer; one window serves
+every layer here) and llama4 (chunked local attention on 3 of 4 layers, NoPE on the
+4th). Assumptions:
+
+- DeepSeek's multi-token-prediction module (`num_nextn_predict_layers`) is not counted:
+  it is not run when serving without speculative decoding (the 671B of DeepSeek-V3
+  exclude its 14B). Router biases (`e_score_correction_bias`), Qwen2-MoE's shared-expert
+  gate (d_model → 1) and Qwen3's per-head q/k norms are not counted (under 0.001%).
+- Qwen-MoE layers are MoE when `decoder_sparse_step` is 1 and `mlp_only_layers` empty;
+  other patterns are refused (the schema has DeepSeek's `first_k_dense_replace` /
+  `moe_layer_freq` rule only).
 
 - Gated MLPs (LLaMA-style) have three matrices of width `d_ff`; plain ones have two.
 - A missing d_ff on GPT-2 / Falcon means 4 * d_model, the class default.
@@ -77,12 +93,18 @@ class _Family:
 
 
 _LLAMA = _Family("gated", "silu", "rmsnorm", False, "rotary", tied=False)
+_QWEN2 = _Family("gated", "silu", "rmsnorm", False, "rotary", tied=False, qkv_bias=True)
 FAMILIES: dict[str, _Family] = {
     "llama": _LLAMA,
     "mistral": _LLAMA,
     "mixtral": _LLAMA,
     "internlm": _LLAMA,
-    "qwen2": _Family("gated", "silu", "rmsnorm", False, "rotary", tied=False, qkv_bias=True),
+    "deepseek_v2": _LLAMA,
+    "deepseek_v3": _LLAMA,
+    "qwen3": _LLAMA,
+    "qwen3_moe": _LLAMA,
+    "qwen2": _QWEN2,
+    "qwen2_moe": _QWEN2,
     "opt": _Family("plain", "relu", "layernorm", True, "learned", tied=True),
     "gpt2": _Family("plain", "gelu", "layernorm", True, "learned", tied=True, d_ff_default_4x=True),
     "gpt_neox": _Family(
@@ -102,8 +124,29 @@ FAMILIES: dict[str, _Family] = {
     "bert": _Family("plain", "gelu", "layernorm", True, "learned", tied=True, encoder_only=True),
 }
 
+# Families whose layers differ in attention: one line says what the op model lacks.
+UNREPRESENTABLE: dict[str, str] = {
+    "gemma2": (
+        "sliding-window and global attention alternate layer by layer (sliding_window on "
+        "every other layer); the op model has one attention window for all layers"
+    ),
+    "gemma3": (
+        "sliding-window and global attention alternate layer by layer (5 local to 1 "
+        "global); the op model has one attention window for all layers"
+    ),
+    "llama4": (
+        "chunked local attention (attention_chunk_size) on 3 of every 4 layers and no "
+        "rotary on the 4th; the op model has one attention kind for all layers"
+    ),
+}
+
 _ARCHITECTURES: dict[str, str] = {
     "LlamaForCausalLM": "llama",
+    "DeepseekV2ForCausalLM": "deepseek_v2",
+    "DeepseekV3ForCausalLM": "deepseek_v3",
+    "Qwen2MoeForCausalLM": "qwen2_moe",
+    "Qwen3ForCausalLM": "qwen3",
+    "Qwen3MoeForCausalLM": "qwen3_moe",
     "MistralForCausalLM": "mistral",
     "MixtralForCausalLM": "mixtral",
     "InternLMForCausalLM": "internlm",
@@ -137,7 +180,8 @@ _N_HEADS = ("num_attention_heads", "n_head", "num_heads")
 _N_KV_HEADS = ("num_key_value_heads", "num_kv_heads")
 _D_FF = ("intermediate_size", "ffn_dim", "n_inner", "ffn_hidden_size")
 _MAX_SEQ = ("max_position_embeddings", "n_positions", "seq_length", "n_ctx")
-_N_EXPERTS = ("num_local_experts", "num_experts")
+_N_EXPERTS = ("num_local_experts", "num_experts", "n_routed_experts")
+_MLA_KEYS = ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
 _ACT_KEYS = ("hidden_act", "activation_function", "hidden_activation")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
@@ -217,6 +261,11 @@ def _family(cfg: _Config) -> tuple[str, _Family]:
                 f"supported: {', '.join(sorted(FAMILIES))}",
                 "model_type",
             )
+    if isinstance(model_type, str) and model_type in UNREPRESENTABLE:
+        raise cfg.error(
+            f"model_type {model_type!r} cannot be represented: {UNREPRESENTABLE[model_type]}",
+            "model_type",
+        )
     if not isinstance(model_type, str) or model_type not in FAMILIES:
         raise cfg.error(
             f"unsupported model_type {shown(model_type)}; supported: {', '.join(sorted(FAMILIES))}",
@@ -255,7 +304,7 @@ def _d_ff(cfg: _Config, family: _Family, d_model: int) -> tuple[str, int]:
 
 def _biases(cfg: _Config, model_type: str, family: _Family) -> tuple[bool, bool | None]:
     bias, qkv_bias = family.bias, family.qkv_bias
-    if model_type in ("llama", "mistral", "mixtral"):
+    if model_type in ("llama", "mistral", "mixtral", "qwen3", "qwen3_moe"):
         if cfg.bool_("attention_bias", False):
             qkv_bias = True
         if cfg.bool_("mlp_bias", False):
@@ -268,6 +317,69 @@ def _biases(cfg: _Config, model_type: str, family: _Family) -> tuple[bool, bool 
     elif model_type == "falcon":
         bias = cfg.bool_("bias", False)
     return bias, qkv_bias
+
+
+def _moe(cfg: _Config, model_type: str, take: Any, used: dict[str, str]) -> dict[str, Any] | None:
+    """The `moe:` block: experts, top-k, widths, shared experts and dense layers."""
+    experts_key, n_experts = cfg.int_(_N_EXPERTS)
+    if n_experts is None or n_experts <= 1:
+        return None
+    used["moe.n_experts"] = experts_key
+    used["moe"] = "num_experts_per_tok"  # the only cross-field check: top_k <= n_experts
+    top_k = take("moe.top_k", cfg.required_int(("num_experts_per_tok",)))
+    moe: dict[str, Any] = {"n_experts": n_experts, "top_k": top_k}
+    d_ff_expert = take("moe.d_ff_expert", cfg.int_(("moe_intermediate_size",)))
+    if d_ff_expert is not None:
+        moe["d_ff_expert"] = d_ff_expert
+    shared_key, shared = cfg.int_(("n_shared_experts",))
+    if shared is not None:
+        used["moe.shared_experts"] = shared_key
+        moe["shared_experts"] = shared
+    shared_ff_key, shared_ff = cfg.int_(("shared_expert_intermediate_size",))
+    if shared_ff is not None:  # Qwen2-MoE: one shared expert of this width
+        used["moe.d_ff_shared"] = shared_ff_key
+        moe["shared_experts"] = moe.get("shared_experts", 1)
+        moe["d_ff_shared"] = shared_ff
+    first = cfg.data.get("first_k_dense_replace")
+    if first is not None:
+        if isinstance(first, bool) or not isinstance(first, int) or first < 0:
+            raise cfg.error(
+                f"expected a non-negative integer, got {shown(first)}", "first_k_dense_replace"
+            )
+        used["moe.first_dense_layers"] = "first_k_dense_replace"
+        moe["first_dense_layers"] = first
+    freq = take("moe.layer_freq", cfg.int_(("moe_layer_freq",)))
+    if freq is not None:
+        moe["layer_freq"] = freq
+    if model_type in ("qwen2_moe", "qwen3_moe"):
+        step = cfg.data.get("decoder_sparse_step", 1)
+        only = cfg.data.get("mlp_only_layers") or []
+        if step != 1:
+            raise cfg.error(
+                f"decoder_sparse_step {shown(step)} cannot be represented: the op model places "
+                "dense layers first (first_k_dense_replace) or every moe_layer_freq-th",
+                "decoder_sparse_step",
+            )
+        if only:
+            raise cfg.error(
+                f"dense layers {shown(only)} cannot be represented: the op model places dense "
+                "layers first (first_k_dense_replace)",
+                "mlp_only_layers",
+            )
+    return moe
+
+
+def _mla(cfg: _Config, take: Any) -> dict[str, Any] | None:
+    """The `mla:` block of a DeepSeek-V2/V3 config (None without kv_lora_rank)."""
+    if cfg.data.get("kv_lora_rank") is None:
+        return None
+    mla: dict[str, Any] = {}
+    for key in _MLA_KEYS:
+        mla[key] = take(f"mla.{key}", cfg.required_int((key,)))
+    q_lora = take("mla.q_lora_rank", cfg.int_(("q_lora_rank",)))
+    if q_lora is not None:
+        mla["q_lora_rank"] = q_lora
+    return mla
 
 
 def _name(path: Path, cfg: _Config) -> tuple[str, tuple[str, ...]]:
@@ -330,20 +442,11 @@ def model_from_hf_config(path: Path) -> ModelSpec:
     if cfg.bool_("use_sliding_window", True):
         sliding_window = take("sliding_window", cfg.int_(("sliding_window",)))
 
-    moe = None
-    experts_key, n_experts = cfg.int_(_N_EXPERTS)
-    if n_experts is not None and n_experts > 1:
-        used["moe.n_experts"] = experts_key
-        used["moe"] = "num_experts_per_tok"  # the only cross-field check: top_k <= n_experts
-        top_k = take("moe.top_k", cfg.required_int(("num_experts_per_tok",)))
-        moe = {"n_experts": n_experts, "top_k": top_k}
-        d_ff_expert = take("moe.d_ff_expert", cfg.int_(("moe_intermediate_size",)))
-        if d_ff_expert is not None:
-            moe["d_ff_expert"] = d_ff_expert
-        shared_key, shared = cfg.int_(("n_shared_experts",))
-        if shared is not None:
-            used["moe.shared_experts"] = shared_key
-            moe["shared_experts"] = shared
+    moe = _moe(cfg, model_type, take, used)
+    mla = _mla(cfg, take)
+    if mla is not None:
+        d_head = mla["qk_nope_head_dim"] + mla["qk_rope_head_dim"]  # the per-head Q/K width
+        used["d_head"] = "qk_nope_head_dim"
 
     bias, qkv_bias = _biases(cfg, model_type, family)
     position: Position = family.position
@@ -380,6 +483,7 @@ def model_from_hf_config(path: Path) -> ModelSpec:
         "tied_embeddings": cfg.bool_("tie_word_embeddings", family.tied),
         "sliding_window": sliding_window,
         "moe": moe,
+        "mla": mla,
         "encoder_only": family.encoder_only,
         "sources": {"architecture": f"Hugging Face config.json at {file}"},
     }
