@@ -351,6 +351,46 @@ class CollectiveModel:
         bandwidth, latency, _ = self._ring(self.cluster, self.devices)
         return self.launch_s + latency + size_bytes * (self.n - 1) / self.n / bandwidth
 
+    # all-to-all over every pair's route ----------------------------------------------
+    @staticmethod
+    @functools.cache
+    def _pairwise(cluster: Cluster, devices: tuple[int, ...]) -> _PairwiseLoad:
+        """Every ordered pair's route at once: the flows each directed link carries,
+        the slowest per-byte link and the longest route's latency."""
+        load: Counter[Edge] = Counter()
+        latency = 0.0
+        for a, b in itertools.permutations(devices, 2):
+            route = cluster.route(f"dev{a}", f"dev{b}")
+            latency = max(latency, route.latency_s)
+            load.update(route.edges)
+        per_flow = max(
+            (load[e] / cluster.link(*e).bandwidth_bytes_per_s for e in load), default=0.0
+        )
+        return _PairwiseLoad(latency, per_flow, tuple(sorted(load)))
+
+    def all_to_all_routed_s(self, size_bytes: float) -> float:
+        """All-to-all as an expert-parallel dispatch runs it: every device sends
+        size/n to every other device over its own route, all flows at once; a link
+        carrying f flows moves f·size/n bytes, so the most loaded link decides:
+        launch + max route latency + max_e(f_e / B_e) · size/n. On one NVSwitch that is
+        (n−1)/n · size / B (each device's port carries its n−1 flows); across nodes the
+        NIC rails carry the flows between them. A calibrated all-to-all fit replaces it."""
+        if self.n <= 1 or size_bytes <= 0:
+            return 0.0
+        fit = self._fit_s("all_to_all", size_bytes)
+        if fit is not None:
+            return fit
+        pair = self._pairwise(self.cluster, self.devices)
+        if pair.s_per_flow_byte <= 0:
+            return self.launch_s + pair.latency_s
+        return self.launch_s + pair.latency_s + size_bytes / self.n * pair.s_per_flow_byte
+
+    def all_to_all_links(self) -> tuple[Edge, ...]:
+        """Directed links `all_to_all_routed_s` crosses: every pair's route."""
+        if self.n <= 1:
+            return ()
+        return self._pairwise(self.cluster, self.devices).links
+
     def links(self) -> tuple[Edge, ...]:
         """Directed links this group's collectives occupy: the axis rings on a torus
         box, the ring otherwise."""
@@ -422,6 +462,13 @@ class CollectiveModel:
             tuple(CollectiveModel(self.cluster, r, self.fits, self.custom) for r in rows),
             tuple(CollectiveModel(self.cluster, c, self.fits, self.custom) for c in cols),
         )
+
+
+@dataclass(frozen=True)
+class _PairwiseLoad:
+    latency_s: float
+    s_per_flow_byte: float  # max over links of (flows on it) / bandwidth
+    links: tuple[Edge, ...]
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,9 @@ from sim.arith.ops import (
     op_active,
     op_bytes,
     op_flops,
+    split_work,
 )
+from sim.cost.experts import ExpertParallel
 from sim.cost.layouts import Layout, WeightGathered
 from sim.cost.roofline import OpKernel, RooflineKernel
 from sim.spec.runtime import RuntimeSpec
@@ -54,6 +56,7 @@ class StageCost:
         first: bool = True,
         last: bool = True,
         runtime: RuntimeSpec = BARE,
+        experts: ExpertParallel | None = None,
     ):
         self.plan = plan
         self.n_layers = n_layers
@@ -66,8 +69,17 @@ class StageCost:
         fused = set(runtime.fused)
         self._all_token_ops = [o for o in plan.ops if o.kind in ("gemm", "elementwise")]
         self._token_ops = [o for o in self._all_token_ops if o.name not in fused]
-        self._prefill = next(o for o in plan.ops if o.kind == "attn_prefill")
-        self._decode = next(o for o in plan.ops if o.kind == "attn_decode")
+        self.experts = experts  # expert / attention data parallelism (None: neither)
+        ops = plan.ops if experts is None else experts.dense_ops
+        self._prefill = next(o for o in ops if o.kind == "attn_prefill")
+        self._decode = next(o for o in ops if o.kind == "attn_decode")
+        self._expert_all: list[Op] = []
+        self._expert_ops: list[Op] = []
+        if experts is not None:
+            self._all_token_ops = [o for o in ops if o.kind in ("gemm", "elementwise")]
+            self._token_ops = [o for o in self._all_token_ops if o.name not in fused]
+            self._expert_all = list(experts.expert_ops)
+            self._expert_ops = [o for o in self._expert_all if o.name not in fused]
         self._lm_head = lm_head_op(model, plan.tp)
         self._samples = last and not model.encoder_only  # runs the LM head
         self._embed = Op(
@@ -101,18 +113,26 @@ class StageCost:
 
     # ------------------------------------------------------------------ graphs
     def graph_size(self, work: Work) -> int | None:
-        """The captured batch a step replays (its tokens padded up), or None: eager."""
+        """The captured batch a step replays (its tokens padded up), or None: eager.
+        Attention ranks replay their own graphs: each pads its share of the tokens."""
+        if self.experts is not None and self.experts.dp > 1:
+            dp = self.experts.dp
+            size = self._graph_size(-(-work.tokens // dp), work.prefill_tokens)
+            return None if size is None else max(size * dp, work.tokens)
+        return self._graph_size(work.tokens, work.prefill_tokens)
+
+    def _graph_size(self, tokens: int, prefill_tokens: int) -> int | None:
         if not self._captured:
             return None
-        if work.prefill_tokens and not self._graph_mixed:
+        if prefill_tokens and not self._graph_mixed:
             return None
         if not self._graph_pads:  # a program for every shape
-            if work.tokens <= self._captured[-1] or (self._graph_mixed and work.prefill_tokens):
-                return work.tokens
+            if tokens <= self._captured[-1] or (self._graph_mixed and prefill_tokens):
+                return tokens
             return None
-        if work.tokens > self._captured[-1]:
-            return work.tokens if self._graph_mixed and work.prefill_tokens else None
-        return self._captured[bisect.bisect_left(self._captured, work.tokens)]
+        if tokens > self._captured[-1]:
+            return tokens if self._graph_mixed and prefill_tokens else None
+        return self._captured[bisect.bisect_left(self._captured, tokens)]
 
     # ------------------------------------------------------------------ components
     def token_part_s(self, tokens: int, graph: bool = False) -> float:
@@ -121,6 +141,13 @@ class StageCost:
         cached = self._per_token.get(key)
         if cached is not None:
             return cached
+        if self.experts is not None:
+            total = self._ep_compute_s(tokens, graph) * self.n_layers
+            if tokens:
+                total += self.experts.layer_comm_s(tokens) * self.n_layers
+            total += self._embed_s(tokens, graph)
+            self._per_token[key] = total
+            return total
         work = Work(tokens=tokens)
         layer = sum(self.op_s(op, work, graph) for op in self._token_ops)
         if self.layout is not None and tokens:
@@ -132,15 +159,70 @@ class StageCost:
         self._per_token[key] = total
         return total
 
+    def _ep_compute_s(self, tokens: int, graph: bool) -> float:
+        """One layer's matmuls and element-wise ops under expert parallelism: the
+        slowest attention rank's dense ops and the slowest expert group's experts (plus
+        the embedding, once, on the first stage: see `token_part_s`)."""
+        ep = self.experts
+        assert ep is not None
+        rank = Work(tokens=ep.rank_tokens(tokens))
+        rows = Work(tokens=ep.expert_rows(tokens))
+        layer = sum(self.op_s(op, rank, graph) for op in self._token_ops)
+        layer += sum(self.op_s(op, rows, graph) for op in self._expert_ops)
+        return layer
+
+    def _embed_s(self, tokens: int, graph: bool) -> float:
+        if not (self.first and tokens):
+            return 0.0
+        rank = tokens if self.experts is None else self.experts.rank_tokens(tokens)
+        return self.op_s(self._embed, Work(tokens=rank), graph)
+
     def comm_part_s(self, tokens: int) -> float:
-        """The TP communication share of `token_part_s` (time the links are busy)."""
+        """The TP (and EP) communication share of `token_part_s` (time the links are
+        busy; with two-batch overlap, both micro-batches' communication)."""
+        if self.experts is not None:
+            if not tokens:
+                return 0.0
+            if self._overlapped(tokens):
+                a, b = -(-tokens // 2), tokens // 2
+                pair = self.experts.layer_comm_s(a) + self.experts.layer_comm_s(b)
+                return pair * self.n_layers
+            return self.experts.layer_comm_s(tokens) * self.n_layers
         if self.layout is None or not tokens:
             return 0.0
         return self.layout.layer_comm_s(tokens) * self.n_layers
 
+    def _overlapped(self, tokens: int) -> bool:
+        return self.experts is not None and self.experts.overlap and tokens >= 2
+
+    def layer_parts(self, work: Work, graph: bool = False) -> tuple[float, float]:
+        """(compute, communication) seconds of one layer of `work` under expert
+        parallelism: its matmuls, element-wise ops and attention; its collectives."""
+        ep = self.experts
+        assert ep is not None
+        compute = self._ep_compute_s(work.tokens, graph)
+        if self.n_layers:
+            compute += self.attention_s(work, graph) / self.n_layers
+        return compute, ep.layer_comm_s(work.tokens)
+
+    def overlapped_time(self, work: Work, logits: int) -> float:
+        """Two-batch overlap: micro-batches A and B alternate, each one's compute
+        hiding the other's communication, layer after layer:
+        c_A + L·max(c_B, m_A) + (L−1)·max(c_A, m_B) + m_B (module sim.cost.experts)."""
+        graph = self.graph_size(work) is not None
+        a, b = split_work(work, logits, 2)
+        c_a, m_a = self.layer_parts(a.work, graph)
+        c_b, m_b = self.layer_parts(b.work, graph)
+        n = self.n_layers
+        layers = c_a + n * max(c_b, m_a) + (n - 1) * max(c_a, m_b) + m_b if n else 0.0
+        extra = self._embed_s(work.tokens, graph) + self.lm_head_s(logits, graph)
+        return layers + extra + (self._graph_launch if graph else 0.0)
+
     def lm_head_s(self, rows: int, graph: bool = False) -> float:
         if not self._samples or rows <= 0:
             return 0.0
+        if self.experts is not None:  # each attention rank samples its own sequences
+            rows = self.experts.rank_tokens(rows)
         key = (rows, graph)
         cached = self._lm.get(key)
         if cached is None:
@@ -159,6 +241,8 @@ class StageCost:
     # ------------------------------------------------------------------ the stage
     def time(self, work: Work, logits: int) -> float:
         """Seconds for this stage to run `work`, sampling `logits` sequences."""
+        if self._overlapped(work.tokens):
+            return self.overlapped_time(work, logits)
         size = self.graph_size(work)
         if size is None:
             return self.token_part_s(work.tokens) + self.attention_s(work) + self.lm_head_s(logits)
@@ -174,7 +258,10 @@ class StageCost:
         """Model FLOPs of this stage on one device (for MFU)."""
         per_tok = self._flops_per_token.get(work.tokens)
         if per_tok is None:
-            per_tok = sum(op_flops(op, work) for op in self._all_token_ops) * self.n_layers
+            rank, rows = self._op_works(work.tokens)
+            per_tok = sum(op_flops(op, rank) for op in self._all_token_ops)
+            per_tok += sum(op_flops(op, rows) for op in self._expert_all)
+            per_tok *= self.n_layers
             self._flops_per_token[work.tokens] = per_tok
         attn = (op_flops(self._prefill, work) + op_flops(self._decode, work)) * self.n_layers
         lm = op_flops(self._lm_head, Work(tokens=logits)) if self._samples else 0.0
@@ -186,10 +273,20 @@ class StageCost:
         p = self.plan.precision
         per_tok = self._bytes_per_token.get(work.tokens)
         if per_tok is None:
-            per_tok = sum(op_bytes(op, work, p) for op in self._token_ops) * self.n_layers
+            rank, rows = self._op_works(work.tokens)
+            per_tok = sum(op_bytes(op, rank, p) for op in self._token_ops)
+            per_tok += sum(op_bytes(op, rows, p) for op in self._expert_ops)
+            per_tok *= self.n_layers
             self._bytes_per_token[work.tokens] = per_tok
         attn = op_bytes(self._prefill, work, p) + op_bytes(self._decode, work, p)
         return per_tok + attn * self.n_layers
+
+    def _op_works(self, tokens: int) -> tuple[Work, Work]:
+        """The work of the dense ops and of the expert ops for a step of `tokens`."""
+        if self.experts is None:
+            return Work(tokens=tokens), Work()
+        rank = Work(tokens=self.experts.rank_tokens(tokens))
+        return rank, Work(tokens=self.experts.expert_rows(tokens))
 
     def decode_flops(self, seqs: int, kv0: int, growth: int, steps: int) -> float:
         """Model FLOPs of `steps` decode steps (see `decode_times`), per device."""
@@ -210,6 +307,15 @@ class StageCost:
     def decode_times(self, seqs: int, kv0: int, growth: int, steps: int) -> np.ndarray:
         """Durations of `steps` decode-only iterations of `seqs` sequences whose KV
         total starts at `kv0` and grows by `growth` tokens a step."""
+        if self._overlapped(seqs):  # each step as `time` prices it
+            kvs = kv0 + growth * np.arange(steps, dtype=np.int64)
+            return np.array(
+                [
+                    self.time(Work(tokens=seqs, decode_seqs=seqs, decode_kv_tokens=int(kv)), seqs)
+                    for kv in kvs
+                ],
+                dtype=np.float64,
+            )
         size = self.graph_size(Work(tokens=seqs, decode_seqs=seqs))
         graph = size is not None
         rows = size if size is not None else seqs

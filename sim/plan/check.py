@@ -44,6 +44,7 @@ def check_scenario(s: Scenario) -> None:
                 f"must be {par.pp} positive counts summing to n_layers={s.model.n_layers}",
                 "parallel.layers_per_stage",
             )
+    _check_experts(s)
     if s.disaggregation is not None:
         _check_pools(s, s.disaggregation)
         return
@@ -52,10 +53,90 @@ def check_scenario(s: Scenario) -> None:
     have = n_devices(s.cluster)
     need = par.replicas * par.devices_per_replica
     if need > have:
+        if par.dp_attention > 1:
+            raise s.error(
+                f"replicas × tp × dp_attention × pp = {par.replicas} × {par.tp} × "
+                f"{par.dp_attention} × {par.pp} = {need} devices, "
+                f"but cluster {s.cluster.name} has {have}",
+                "parallel",
+            )
         raise s.error(
             f"replicas × tp × pp = {par.replicas} × {par.tp} × {par.pp} = {need} devices, "
             f"but cluster {s.cluster.name} has {have}",
             "parallel",
+        )
+
+
+def _check_experts(s: Scenario) -> None:
+    """Expert parallelism, attention data parallelism and their options against the
+    model (a mixture of experts whose experts divide evenly) and the other settings."""
+    par, model = s.parallel, s.model
+    ex = par.experts
+    moe = model.moe
+    if moe is None:
+        for key, on in (
+            ("ep", par.ep > 1),
+            ("dp_attention", par.dp_attention > 1),
+            ("two_batch_overlap", par.two_batch_overlap),
+            ("experts.redundant", ex.redundant > 0),
+            ("experts.histogram", ex.histogram is not None),
+        ):
+            if on:
+                raise s.error(
+                    f"needs a mixture of experts; {model.name} is dense", f"parallel.{key}"
+                )
+        return
+    if par.ep == 1 and par.dp_attention == 1:
+        if par.two_batch_overlap:
+            raise s.error(
+                "hides the all-to-alls of expert parallelism: needs ep > 1",
+                "parallel.two_batch_overlap",
+            )
+        if ex.redundant:
+            raise s.error(
+                "places copies over expert groups: needs ep > 1", "parallel.experts.redundant"
+            )
+        return
+    if s.disaggregation is not None or s.offload is not None:
+        what = "disaggregated pools" if s.disaggregation is not None else "offloading"
+        raise s.error(
+            f"expert and attention data parallelism are not modelled with {what}", "parallel.ep"
+        )
+    if par.tp_layout != "1d-weight-stationary" or par.attention != "heads":
+        raise s.error(
+            "expert parallelism splits attention as 1d-weight-stationary by heads",
+            "parallel.tp_layout",
+        )
+    stage = par.stage_devices
+    if stage % par.ep:
+        raise s.error(
+            f"ep={par.ep} must divide tp × dp_attention = {par.tp} × {par.dp_attention} = {stage} "
+            "(the stage's devices, split into ep expert groups)",
+            "parallel.ep",
+        )
+    slots = moe.n_experts + ex.redundant
+    if slots % par.ep:
+        valid = ", ".join(str(e) for e in range(1, stage + 1) if stage % e == 0 and slots % e == 0)
+        raise s.error(
+            f"{par.ep} does not divide the {slots} experts of {model.name}"
+            + (f" ({moe.n_experts} + {ex.redundant} redundant)" if ex.redundant else "")
+            + f"; valid ep: {valid}",
+            "parallel.ep",
+        )
+    width = stage // par.ep
+    if model.d_ff_expert % width:
+        raise s.error(
+            f"an expert split over tp × dp_attention / ep = {width} devices needs {width} to "
+            f"divide d_ff_expert={model.d_ff_expert} of {model.name}",
+            "parallel.ep",
+        )
+    if par.ep == 1 and (par.two_batch_overlap or ex.redundant):
+        key = "two_batch_overlap" if par.two_batch_overlap else "experts.redundant"
+        raise s.error("needs ep > 1", f"parallel.{key}")
+    if ex.histogram is not None and len(ex.histogram) != moe.n_experts:
+        raise s.error(
+            f"gives {len(ex.histogram)} counts for the {moe.n_experts} experts of {model.name}",
+            "parallel.experts.histogram",
         )
 
 

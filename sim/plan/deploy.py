@@ -27,6 +27,7 @@ from sim.cost.offload import Machine, StepPricer
 from sim.cost.stage import StageCost
 from sim.cost.topology import Cluster, Route, build_cluster, join_clusters
 from sim.errors import LlmsimError
+from sim.plan.experts import expert_group
 from sim.plan.kernels import make_kernel
 from sim.plan.layers import plan_attention
 from sim.plan.memory import MemoryPlan, plan_memory
@@ -260,7 +261,9 @@ def plan_replicas(
         base = first_device + (r - first_index) * par.devices_per_replica
         stages = []
         for i, layers in enumerate(memory.stages):
-            devices = tuple(range(base + i * par.tp, base + (i + 1) * par.tp))
+            width = par.stage_devices
+            devices = tuple(range(base + i * width, base + (i + 1) * width))
+            experts = expert_group(s, plan, precision, cluster, devices, fits, custom)
             layout = (
                 build_layout(
                     par.tp_layout,
@@ -273,18 +276,27 @@ def plan_replicas(
                     par.attention,
                     custom,
                 )
-                if par.tp > 1
+                if par.tp > 1 and experts is None
                 else None
             )
-            key = (i, layers, *_stage_cost_key(layout))
+            key = (i, layers, *_stage_cost_key(layout), *(experts.key() if experts else ()))
             cost = shared_costs.get(key)
             if cost is None:
                 first, last = i == 0, i == len(memory.stages) - 1
                 cost = StageCost(
-                    plan, layers, kernel, layout, first=first, last=last, runtime=s.runtime
+                    plan,
+                    layers,
+                    kernel,
+                    layout,
+                    first=first,
+                    last=last,
+                    runtime=s.runtime,
+                    experts=experts,
                 )
                 shared_costs[key] = cost
             links = layout.links() if layout is not None else ()
+            if experts is not None:
+                links = experts.links()
             named = tuple(net.name(cluster, e, prefix) for e in links)
             stages.append(StagePlan(i, devices, cost, named))
         sends = tuple(

@@ -24,9 +24,11 @@ from sim.arith.memory import (
 )
 from sim.arith.ops import valid_tp
 from sim.arith.precision import Precision
+from sim.cost.experts import expert_weight_elems
 from sim.cost.layouts import layout_weights
 from sim.cost.roofline import OpKernel
 from sim.cost.topology import Cluster
+from sim.plan.experts import uses_experts
 from sim.plan.layers import plan_attention, stage_layers
 from sim.plan.offload import offload_capacity
 from sim.spec.scenario import Scenario
@@ -53,6 +55,9 @@ def plan_memory(
     layer_w, layout_workspace = layout_weights(
         par.tp_layout, model, par.tp, precision, par.attention
     )
+    if uses_experts(s):  # the routed experts as the expert groups hold them
+        extra = expert_weight_elems(model, par.tp, par.ep, par.dp_attention, par.experts.redundant)
+        layer_w += extra * precision.w_bytes
     emb = embedding_weight_elems(model, par.tp) * precision.w_bytes
     weights = stage_weights(stages, layer_w, emb, model.tied_embeddings)
     cap = params.step_token_cap(params.max_model_len or model.max_seq_len)
@@ -61,6 +66,8 @@ def plan_memory(
     per_token = [
         kv_bytes_per_token_per_device(model, par.tp, n, precision, attention) for n in stages
     ]
+    if par.dp_attention > 1:  # a rank keeps the KV of its own sequences only
+        per_token = [t / par.dp_attention for t in per_token]
     usable = cluster.device.memory_bytes * params.gpu_memory_utilization
     bs = params.block_size
     if s.offload is not None:  # tiers are checked by the offload plan; KV may live anywhere

@@ -60,8 +60,56 @@ class PipelineSpec(Spec):
         return SCHEDULES.check(value)
 
 
+class ExpertsSpec(Spec):
+    """How a mixture of experts' tokens spread over its experts (sim.cost.experts)."""
+
+    skew: float = Field(
+        default=0.0,
+        ge=0,
+        description="Zipf exponent of expert popularity (0: every expert equally popular); "
+        "expert 0 is the most popular, and experts sit on devices in id order",
+    )
+    histogram: tuple[float, ...] | None = Field(
+        default=None,
+        description="measured tokens (or shares) per expert, in expert id order; overrides skew",
+    )
+    redundant: int = Field(
+        default=0,
+        ge=0,
+        description="EPLB: extra copies of the hottest experts; the copies split their "
+        "load and every expert is placed to balance the devices",
+    )
+
+    @field_validator("histogram")
+    @classmethod
+    def _positive(cls, value: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if value is not None and (min(value, default=0.0) < 0 or sum(value) <= 0):
+            raise ValueError("expected non-negative counts, at least one of them positive")
+        return value
+
+
 class ParallelSpec(Spec):
     tp: int = Field(default=1, gt=0)
+    ep: int = Field(
+        default=1,
+        gt=0,
+        description="expert-parallel degree: the experts of a MoE layer spread over ep "
+        "groups of the stage's tp × dp_attention devices (each expert split over the "
+        "group's devices), tokens dispatched and combined by all-to-alls",
+    )
+    dp_attention: int = Field(
+        default=1,
+        gt=0,
+        description="attention data-parallel ranks per stage (DeepSeek, SGLang): each rank "
+        "of tp devices runs attention for its share of the sequences; the MoE layers run "
+        "over all tp × dp_attention devices",
+    )
+    experts: ExpertsSpec = ExpertsSpec()
+    two_batch_overlap: bool = Field(
+        default=False,
+        description="split each step into two micro-batches so that one computes while "
+        "the other's all-to-alls run (SGLang, DeepSeek)",
+    )
     pp: int = Field(default=1, gt=0)
     replicas: int = Field(default=1, gt=0)
     layers_per_stage: tuple[int, ...] | None = None
@@ -78,8 +126,13 @@ class ParallelSpec(Spec):
     )
 
     @property
+    def stage_devices(self) -> int:
+        """Devices of one pipeline stage: its attention ranks of tp devices each."""
+        return self.tp * self.dp_attention
+
+    @property
     def devices_per_replica(self) -> int:
-        return self.tp * self.pp
+        return self.stage_devices * self.pp
 
 
 class OutputSpec(Spec):
