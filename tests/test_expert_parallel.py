@@ -326,3 +326,33 @@ def test_shipped_scenario_decodes_above_the_weight_read_floor():
     assert g["tpot_s"]["p50"] >= floor.decode_latency_floor_s
     eighth = total_params(s.model) * 2 / 8
     assert eighth <= g["memory_bytes_per_device_peak"] <= s.cluster.node.device.memory_bytes
+
+
+def test_leaps_equal_stepping_under_expert_parallelism_and_overlap():
+    """Quiet decode stretches run as one event price each step as stepping does, with
+    attention ranks, expert groups and two-batch overlap."""
+    for par in (
+        {"tp": 2, "dp_attention": 4, "ep": 4},
+        {"tp": 1, "dp_attention": 8, "ep": 8, "two_batch_overlap": True},
+    ):
+        s = scenario(parallel=par)
+        leap = simulate(s)
+        step = simulate(
+            s.model_copy(update={"engine": s.engine.model_copy(update={"leap": False})})
+        )
+        assert leap.events < step.events
+        assert leap.summary.tpot_s.p50 == pytest.approx(step.summary.tpot_s.p50, rel=1e-9)
+        assert leap.summary.sim_time_s == pytest.approx(step.summary.sim_time_s, rel=1e-9)
+
+
+def test_attention_ranks_over_tp_sharded_experts_gather_and_scatter():
+    """ep = 1 with 4 attention ranks of TP 2: every expert is split over all 8 GPUs, so
+    each needs every rank's tokens: an all-gather before the experts and a reduce-scatter
+    after, over the 8 GPUs, beside each rank's attention all-reduce."""
+    cost = deploy(scenario(parallel={"tp": 2, "dp_attention": 4})).replicas[0].stages[0].cost
+    assert cost.experts is not None
+    parts = cost.experts.layer_comm_breakdown(1024)
+    assert set(parts) == {"attention_all_reduce", "all_gather", "reduce_scatter"}
+    group = cost.experts.group
+    assert parts["all_gather"] == group.all_gather_s(1024 * 4096 * 2)
+    assert cost.experts.expert_rows(1024) == 2048
