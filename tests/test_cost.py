@@ -223,3 +223,30 @@ def test_an_encoder_has_no_lm_head_in_its_time_or_its_flops():
         work = Work.prefill(4, 128)
         assert (cost.time(work, 4) > cost.time(work, 0)) is samples
         assert (cost.flops(work, 4) > cost.flops(work, 0)) is samples
+
+
+@pytest.mark.parametrize("name", ["roofline", "calibrated"])
+def test_ops_some_layers_run_cost_their_share_and_capacity_buffers_cost_their_rows(name):
+    """DeepSeek's dense-MLP ops run in 3 of 61 layers and its MoE ops in 58: a kernel
+    prices an op for its share of layers; an expert op with a capacity factor runs every
+    expert's fixed buffer (sim.arith.ops.gemm_rows / gemm_matrices)."""
+    device = catalog.load_device("h100-sxm")
+    p = Precision("bf16", "bf16", "bf16")
+    kernel, _ = make_kernel(device, p, name)
+    dense = Op("mlp_up", "gemm", n=18432, k=7168)
+    partial = Op("mlp_up", "gemm", n=18432, k=7168, layer_share=3 / 61)
+    w = Work(tokens=64)
+    launch = kernel.launch_part(dense, w)
+    assert kernel.op_time(partial, w) == pytest.approx(3 / 61 * kernel.op_time(dense, w))
+    assert kernel.launch_part(partial, w) == pytest.approx(3 / 61 * launch)
+    expert = Op("mlp_up", "gemm", n=2048, k=7168, count=256, top_k=8)
+    buffered = Op("mlp_up", "gemm", n=2048, k=7168, count=256, top_k=8, capacity_factor=1.25)
+    # 64 tokens x 8 picks over 256 experts: buffers of ceil(1.25 * 2) = 3 rows, all 256 run
+    one_row = Op("mlp_up", "gemm", n=2048, k=7168, count=256)
+    assert kernel.op_time(buffered, Work(tokens=64)) >= kernel.op_time(expert, Work(tokens=64))
+    if name == "calibrated":
+        assert isinstance(kernel, CalibratedKernel)
+        assert kernel._gemm(buffered, 64) == pytest.approx(
+            256 * kernel._gemm_shape(3.0, 2048, 7168)
+        )
+        assert kernel._gemm(one_row, 3) == pytest.approx(256 * kernel._gemm_shape(3.0, 2048, 7168))

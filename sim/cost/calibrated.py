@@ -27,8 +27,9 @@ import numpy as np
 from sim.arith.ops import (
     Op,
     Work,
+    gemm_matrices,
+    gemm_rows,
     kv_read_bytes_per_token,
-    moe_active_experts,
     op_active,
     op_bytes,
     op_flops,
@@ -161,11 +162,14 @@ class CalibratedKernel:
         return max(flops / self.flops_per_s, moved / self.bytes_per_s)
 
     def _gemm(self, op: Op, tokens: int) -> float:
-        if op.top_k:  # MoE experts: a grouped GEMM over the experts the tokens reach
-            active = moe_active_experts(op.count, op.top_k, tokens)
-            rows = tokens * op.top_k / active
-            return active * self._gemm_shape(rows, op.n, op.k)
-        return op.count * self._gemm_shape(float(tokens), op.n, op.k)
+        # MoE experts: a grouped GEMM over the experts the tokens reach (or every
+        # expert's fixed buffer under a capacity factor); an op only some layers run
+        # (DeepSeek's dense first layers, its MoE layers) counts for its share of them.
+        if op.top_k:
+            matrices = gemm_matrices(op, tokens)
+            rows = gemm_rows(op, tokens) / matrices
+            return op.layer_share * matrices * self._gemm_shape(rows, op.n, op.k)
+        return op.layer_share * op.count * self._gemm_shape(float(tokens), op.n, op.k)
 
     def _gemm_shape(self, m: float, n: int, k: int) -> float:
         key = (n, k, m)

@@ -50,7 +50,7 @@ from sim.arith.memory import (
     kv_bytes_per_token,
     layer_weight_elems,
 )
-from sim.arith.ops import Op, Work, layer_plan, split_work
+from sim.arith.ops import Op, Work, kv_width, layer_plan, split_work
 from sim.arith.precision import DEQUANT_FLOPS_PER_VALUE, QUANTISED, Precision
 from sim.cost.calibrated import CalibratedKernel
 from sim.cost.roofline import OpKernel, RooflineKernel
@@ -372,7 +372,7 @@ def host_attention_seconds(
     if not work.decode_seqs:
         return 0.0
     cpu = machine.cpu
-    per_token = 2.0 * op.kv_heads * op.head_dim * op.share  # K and V values
+    per_token = float(kv_width(op)) * op.share  # K and V values (MLA: the latent)
     cached = work.decode_kv_tokens * per_token
     fp32 = 4.0
     q_o = work.decode_seqs * op.share * 2 * op.heads * op.head_dim * fp32

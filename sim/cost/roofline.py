@@ -15,8 +15,10 @@ import numpy as np
 from sim.arith.ops import (
     Op,
     Work,
+    attn_decode_fixed_bytes,
     dequant_flops,
     kv_read_bytes_per_token,
+    kv_width,
     op_active,
     op_bytes,
     op_flops,
@@ -59,7 +61,8 @@ class RooflineKernel:
         flops = op_flops(op, work)
         moved = op_bytes(op, work, self.precision)
         dequant = dequant_flops(op, work, self.precision) / self.scalar_flops_per_s
-        return max(flops / self.flops_per_s, moved / self.bytes_per_s, dequant) + self.launch_s
+        launch = self.launch_s * op.layer_share  # launched in the layers that run it
+        return max(flops / self.flops_per_s, moved / self.bytes_per_s, dequant) + launch
 
     def decode_attention_times(self, op: Op, seqs: int, kv_tokens: np.ndarray) -> np.ndarray:
         """`op_time` of decode attention for many KV totals at once (exact, vectorised):
@@ -69,26 +72,19 @@ class RooflineKernel:
         p = self.precision
         per_kv_flops = 4.0 * op.heads * op.head_dim * op.share
         per_kv_bytes = kv_read_bytes_per_token(op, p)
-        fixed_bytes = (
-            seqs
-            * op.share
-            * (
-                2 * op.heads * op.head_dim * p.a_bytes
-                + 2.0 * op.kv_heads * op.head_dim * p.kv_bytes
-            )
-        )
+        fixed_bytes = seqs * attn_decode_fixed_bytes(op, p)
         compute = kv_tokens * (per_kv_flops / self.flops_per_s)
         memory = (fixed_bytes + kv_tokens * per_kv_bytes) / self.bytes_per_s
         out: np.ndarray = np.maximum(compute, memory)
         if p.kv in QUANTISED:
-            per_kv_dequant = 2.0 * op.kv_heads * op.head_dim * op.share * DEQUANT_FLOPS_PER_VALUE
+            per_kv_dequant = kv_width(op) * op.share * DEQUANT_FLOPS_PER_VALUE
             out = np.maximum(out, kv_tokens * per_kv_dequant / self.scalar_flops_per_s)
         return out + self.launch_s
 
     def launch_part(self, op: Op, work: Work) -> float:
         if op.kind == "all_reduce" or not op_active(op, work):
             return 0.0
-        return self.launch_s
+        return self.launch_s * op.layer_share
 
     def source(self, op: Op) -> str:
         return "roofline"
