@@ -8,6 +8,7 @@
 - between `<!-- runtimes:begin -->` and `<!-- runtimes:end -->`: every runtime of
   `runtimes/`, each setting it makes with its value and its source, and the fitted
   ones with the figure the fit chose (bench/fit_runtimes.py).
+`--runtimes-only` rewrites the second block alone (a runtime's text changed, no figure).
 The prose around the blocks is kept (update it by hand when the numbers tell a
 different story).
 """
@@ -171,13 +172,15 @@ def runtimes_block() -> list[str]:
 
 
 def main() -> int:
-    text = DOC.read_text()
-    results, report = results_block()
-    text = _replace(text, "validate", results)
+    runtimes_only = "--runtimes-only" in sys.argv[1:]  # the runtimes block alone: no validate
+    results, report = (None, None) if runtimes_only else results_block()
+    text = DOC.read_text()  # read after the long run: edits made meanwhile are kept
+    if results is not None:
+        text = _replace(text, "validate", results)
     text = _replace(text, "runtimes", runtimes_block())
     DOC.write_text(text)
-    s = report.summary
-    print(f"updated {DOC.relative_to(ROOT)}: median {s.median_abs_error_pct:.1f}%")
+    shown = f": median {report.summary.median_abs_error_pct:.1f}%" if report else ""
+    print(f"updated {DOC.relative_to(ROOT)}{shown}")
     return 0
 
 
