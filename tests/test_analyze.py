@@ -297,3 +297,20 @@ def test_attention_by_batch_shrinks_the_kv_of_a_multiquery_model():
     )
     with pytest.raises(LlmsimError, match="unknown tp_layout 'diagonal'"):
         analyze("palm-540b", "tpu-v4", tp=16, tp_layout="diagonal")
+
+
+def test_a_moe_model_reports_the_parameters_a_token_touches(capsys):
+    """DeepSeek-V3: 671B parameters, 37B activated per token (its model card); the
+    table says so only for a model whose active and total counts differ."""
+    code, out, _ = run_cli(
+        capsys, "analyze", "--model", "deepseek-v3", "--hardware", "dgx-h100", "--tp", "8",
+        "--dtype", "fp8", "--json",
+    )  # fmt: skip
+    a = json.loads(out)
+    assert code == 0
+    assert a["params"] / 1e9 == pytest.approx(671.0, rel=5e-3)
+    assert a["active_params"] / 1e9 == pytest.approx(37.5, rel=5e-3)
+    dense = analyze("llama-2-7b", "a100-80gb-sxm")
+    assert dense.active_params == dense.params
+    code, out, _ = run_cli(capsys, "analyze", "--model", "deepseek-v3", "--hardware", "h200")
+    assert "37.55B active per token" in out

@@ -47,7 +47,12 @@ def _analysis_table(a: dict[str, Any]) -> str:
         ),
         (
             "parameters",
-            f"{_fmt_count(a['params'])} ({_fmt_count(a['non_embedding_params'])} in layers)",
+            f"{_fmt_count(a['params'])} ({_fmt_count(a['non_embedding_params'])} in layers"
+            + (
+                f"; {_fmt_count(a['active_params'])} active per token)"
+                if a["active_params"] != a["params"]
+                else ")"
+            ),
         ),
         (
             "weights",

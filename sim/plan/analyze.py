@@ -44,6 +44,7 @@ from sim.arith.ops import (
     op_flops,
 )
 from sim.arith.params import (
+    active_params,
     flops_per_token,
     lm_head_flops_per_token,
     non_embedding_params,
@@ -144,6 +145,7 @@ class Analysis:
     kv_dtype: str
     params: int
     non_embedding_params: int
+    active_params: int  # parameters a token touches (MoE: top-k routed + shared experts)
     weight_bytes: float
     weight_bytes_per_device: float
     kv_bytes_per_token: float
@@ -281,6 +283,7 @@ def analyze(
         kv_dtype=precision.kv,
         params=total_params(spec),
         non_embedding_params=non_embedding_params(spec),
+        active_params=active_params(spec),
         weight_bytes=total_params(spec) * precision.w_bytes,
         weight_bytes_per_device=w_dev,
         kv_bytes_per_token=kv_tok,
