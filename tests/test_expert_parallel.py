@@ -304,28 +304,33 @@ def test_expert_rows_round_up_to_whole_rows():
 # ------------------------------------------------------------------ the shipped scenario
 
 
-def test_shipped_scenario_decodes_above_the_weight_read_floor():
-    """The golden of scenarios/mixtral-8x7b-h100-tp-vs-ep.yaml (attention TP 8, one
-    expert a GPU) against `analyze`'s decode floor for TP 8 at 16 sequences (the seeds'
-    closed forms at peak bandwidth): once 16 tokens pick 2 of 8 experts each, all but
-    8·(6/8)^16 = 0.08 of the experts are touched, so under either split every GPU reads
-    about an eighth of the weights a step, and no step can beat that floor. Its memory
-    holds an eighth of the parameters (the local expert is one of eight)."""
+@pytest.mark.parametrize(
+    ("name", "tp", "dtype"),
+    [("mixtral-8x7b-h100-tp-vs-ep", 8, "bf16"), ("deepseek-v3-h200-x2-tp-vs-dp-ep", 16, "fp8")],
+)
+def test_shipped_scenario_decodes_above_the_weight_read_floor(name, tp, dtype):
+    """Each shipped EP scenario's golden (attention TP, experts EP over the same GPUs)
+    against `analyze`'s decode floor for plain TP at 16 sequences (the seeds' closed
+    forms at peak bandwidth): the experts 16 tokens touch are read either way, whole on
+    their GPU under EP or in slivers on every GPU under TP, so each GPU reads the same
+    share of the weights a step and no step beats that floor. Its memory holds at least
+    its share of the parameters."""
     import json
     from pathlib import Path
 
     from sim.arith.params import total_params
+    from sim.arith.precision import Precision
     from sim.plan import load_scenario
     from sim.plan.analyze import analyze
 
     root = Path(__file__).resolve().parent.parent
-    s = load_scenario(root / "scenarios" / "mixtral-8x7b-h100-tp-vs-ep.yaml")
-    assert (s.parallel.tp, s.parallel.ep) == (8, 8)
-    g = json.loads((root / "tests" / "golden" / f"{s.name}.json").read_text())
-    floor = analyze(s.model, s.cluster, tp=8, pp=1, batch=16, prompt=256, output=2)
+    s = load_scenario(root / "scenarios" / f"{name}.yaml")
+    assert (s.parallel.tp, s.parallel.ep, s.parallel.pp) == (tp, tp, 1)
+    g = json.loads((root / "tests" / "golden" / f"{name}.json").read_text())
+    floor = analyze(s.model, s.cluster, tp=tp, pp=1, batch=16, prompt=256, output=2, dtype=dtype)
     assert g["tpot_s"]["p50"] >= floor.decode_latency_floor_s
-    eighth = total_params(s.model) * 2 / 8
-    assert eighth <= g["memory_bytes_per_device_peak"] <= s.cluster.node.device.memory_bytes
+    share = total_params(s.model) * Precision.of(s.precision).w_bytes / tp
+    assert 0.95 * share <= g["memory_bytes_per_device_peak"] <= s.cluster.node.device.memory_bytes
 
 
 def test_leaps_equal_stepping_under_expert_parallelism_and_overlap():

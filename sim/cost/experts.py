@@ -223,12 +223,16 @@ class ExpertParallel:
 
 
 def expert_weight_elems(model: ModelSpec, tp: int, ep: int, dp: int, redundant: int) -> float:
-    """Routed-expert weight elements one device holds per layer under expert parallelism,
-    minus what a plain `tp` split would have held there (add to `layer_weight_elems`)."""
+    """Routed-expert weight elements one device holds per (mean) layer under expert
+    parallelism, minus what a plain `tp` split would have held there (add to
+    `layer_weight_elems`)."""
     moe = model.moe
     assert moe is not None
     mats = 3 if model.mlp == "gated" else 2
     plain = moe.n_experts * mats * model.d_model * (model.d_ff_expert // tp)
     split = tp * dp // ep
     local = (moe.n_experts + redundant) // ep
-    return local * mats * model.d_model * (model.d_ff_expert // split) - plain
+    delta = local * mats * model.d_model * (model.d_ff_expert // split) - plain
+    if model.n_dense_layers:  # a mean layer, as `layer_weight_elems` counts it
+        return delta * model.n_moe_layers / model.n_layers
+    return delta
