@@ -14,6 +14,7 @@ import yaml
 from tests.cli_helpers import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
+N_MODELS = len(list((ROOT / "models").glob("*.yaml")))
 QUICK = ROOT / "scenarios" / "quickstart.yaml"
 
 
@@ -95,7 +96,7 @@ BAD = [
     (
         {"model": "lama-2-7b"},
         "s.yaml: model: unknown model 'lama-2-7b'; did you mean llama-2-7b, llama-2-70b, llama-7b? "
-        "(40 valid models; `llmsim catalog` lists them)",
+        f"({N_MODELS} valid models; `llmsim catalog` lists them)",
     ),
     ({"cluster": "cray-1"}, "s.yaml: cluster: unknown cluster 'cray-1'"),
     ({"model": "llama-2-70b"}, "s.yaml: parallel: llama-2-70b does not fit: a device needs"),
