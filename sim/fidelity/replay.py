@@ -23,7 +23,12 @@ Two kinds of entry use it:
 Not modelled: prefix caching (on in these runs; ShareGPT prompts share little), and
 vLLM's own KV block count (the engine takes no block count: its paged cache is sized
 from `gpu_memory_utilization` by the memory plan, and the KV row compares the two).
-Expert parallelism (the Qwen3-30B-A3B run, DP2 × EP2) is not modelled yet (issue 13).
+The Qwen3-30B-A3B run (vLLM DP2 with `enable_expert_parallel`) is replayed as
+`dp_attention: 2, ep: 2`: two attention ranks, each with its own sequences and KV,
+whose MoE layers form one expert-parallel group with all-to-all dispatch and combine
+over the node's PCIe. vLLM runs one scheduler per DP engine; llmsim's ranks share one
+that splits each batch evenly, so `max_num_seqs` and the token budget are the
+per-engine figures times two (balanced engines; vLLM's DP load balancing is not).
 """
 
 from __future__ import annotations
@@ -121,10 +126,22 @@ def replay_scenario(trace: ShippedTrace, name: str, opts: Options) -> dict[str, 
     )
     if kv is None:
         raise EntryError(f"unknown kv_cache_dtype {s['kv_cache_dtype']!r} in {trace.path.name}")
+    tp = int(s.get("tensor_parallel_size") or 1)
+    dp = int(s.get("data_parallel_size") or 1)
+    if s.get("enable_expert_parallel"):
+        # vLLM's DP x EP: dp engines, each its own sequences, KV and scheduler, whose MoE
+        # layers form one expert-parallel group of dp x tp GPUs. llmsim's attention ranks
+        # share one scheduler that splits each batch evenly, so the per-engine limits
+        # are multiplied by dp.
+        parallel = {"tp": tp, "dp_attention": dp, "ep": dp * tp, "replicas": 1}
+        ranks = dp
+    else:
+        parallel = {"tp": tp, "replicas": dp}
+        ranks = 1
     scheduler: dict[str, Any] = {
         "policy": "sarathi",
-        "max_num_seqs": int(s["max_num_seqs"]),
-        "chunk_size": int(s["max_num_batched_tokens"]),
+        "max_num_seqs": int(s["max_num_seqs"]) * ranks,
+        "chunk_size": int(s["max_num_batched_tokens"]) * ranks,
         "block_size": int(s.get("block_size") or VLLM_BLOCK_SIZE),
         "gpu_memory_utilization": float(s.get("gpu_memory_utilization") or VLLM_MEMORY_UTILIZATION),
     }
@@ -133,28 +150,21 @@ def replay_scenario(trace: ShippedTrace, name: str, opts: Options) -> dict[str, 
     return {
         "name": name,
         "cluster": cluster_of(device_name(str(s["gpu"]))),
-        "model": catalog.load_model(str(s["model"]).split("/")[-1]).name,
+        "model": _model(str(s["model"])),
         "precision": {"weights": dtype, "activations": dtype, "kv": kv},
-        "parallel": {
-            "tp": int(s.get("tensor_parallel_size") or 1),
-            "replicas": int(s.get("data_parallel_size") or 1),
-        },
+        "parallel": parallel,
         "scheduler": scheduler,
         "runtime": opts.runtime(RUNTIME),
         "workload": {"trace": {"path": str(trace.path), "format": "plain"}},
     }
 
 
-def not_modelled(trace: ShippedTrace) -> str | None:
-    """Why a run cannot be replayed yet (None: it can)."""
-    s = trace.settings
-    if s.get("enable_expert_parallel"):
-        return (
-            f"expert parallelism (DP{s.get('data_parallel_size')} x EP, "
-            f"enable_expert_parallel) is not modelled yet (issue 13); {s.get('model')} "
-            "is not in the model catalog"
-        )
-    return None
+def _model(hf_id: str) -> str:
+    """The catalog model of a Hugging Face id (an alias), else of its last part."""
+    try:
+        return catalog.load_model(hf_id).name
+    except catalog.NotInCatalog:
+        return catalog.load_model(hf_id.split("/")[-1]).name
 
 
 def trace_entries() -> list[dict[str, Any]]:
@@ -210,15 +220,20 @@ def _replayed(
     entry: dict[str, Any], trace: ShippedTrace, opts: Options
 ) -> tuple[Results, str] | Row:
     """The replay's results and note, or the row saying why it cannot be had."""
-    reason = not_modelled(trace)
-    if reason is not None:
-        return replace(unpriced_row(entry, reason, NOT_REPRODUCIBLE), runtime=RUNTIME)
     scenario = replay_scenario(trace, entry["id"], opts)
     results = simulate(load_scenario(scenario), records=True)
     s = trace.settings
+    par = scenario["parallel"]
+    split = (
+        f"dp_attention{par['dp_attention']} x ep{par['ep']} x tp{par['tp']} (vLLM DP "
+        f"{s.get('data_parallel_size')} with enable_expert_parallel; per-engine limits x "
+        f"{par['dp_attention']})"
+        if "ep" in par
+        else f"tp{par['tp']}" + (f" x {par['replicas']} replicas" if par["replicas"] > 1 else "")
+    )
     note = (
         f"replay of {trace.path.name}: {len(trace.arrival_s)} requests at their measured "
-        f"arrivals and lengths; {scenario['model']} tp{scenario['parallel']['tp']} on "
+        f"arrivals and lengths; {scenario['model']} {split} on "
         f"{scenario['cluster']}, {scenario['precision']['weights']}; sarathi (vLLM V1 chunked "
         f"prefill, budget {s['max_num_batched_tokens']}, <= {s['max_num_seqs']} seqs, block "
         f"{scenario['scheduler']['block_size']}, gpu_memory_utilization "

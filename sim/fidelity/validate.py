@@ -25,6 +25,11 @@ What is modelled (docs/fidelity.md gives the reasoning):
   vLLM policy, Poisson arrivals, 512 prompt / 64 output tokens, SLOs TTFT 0.4 s and
   TPOT 0.04 s; goodput is the highest rate at which 90% of requests meet both, found by
   bisection. Prefill-only and decode-only figures need disaggregated serving.
+- MoE and new hardware (`P4_moe`, `P5_new_hardware`; sim/fidelity/frontier.py): SGLang's
+  EP72 DeepSeek-V3 decode nodes as DP attention x EP over 9 DGX H100s, vLLM 0.6.2
+  serving Llama-3.1-405B on 8 MI300X; the rest of those groups say why not
+  (`frontier.REASONS`). The Qwen3-30B-A3B trace (vLLM DP2 with expert parallelism)
+  replays as `dp_attention: 2, ep: 2` (sim/fidelity/replay.py).
 
 The cost kernel is whichever `simulate()` picks (the roofline with per-device
 efficiencies, or a device's calibration profile): rerun `llmsim validate` when it changes.
@@ -44,6 +49,7 @@ from sim.errors import LlmsimError
 from sim.fidelity import (
     distserve,
     flexgen,
+    frontier,
     gptfast,
     kernels,
     replay,
@@ -102,6 +108,9 @@ _HANDLERS: list[tuple[re.Pattern[str], Handler]] = [
     (re.compile(r"^vllm0191_llama31_8b_h100_conc8_"), serving.vllm_concurrency),
     (re.compile(r"^lss_vllm019_"), replay.replay),
     (re.compile(r"^trace_llmservingsim-"), replay.trace_replay),
+    (re.compile(r"^sglang_deepseekv3_decode_ep\d+_"), frontier.sglang_ep_decode),
+    (re.compile(r"^vllm062_llama31_405b_8xmi300x_"), frontier.vllm_mi300x),
+    *((re.compile(f"^{re.escape(i)}$"), frontier.not_reproducible) for i in frontier.REASONS),
 ]
 
 
