@@ -6,8 +6,9 @@ how well the fit generalises by leaving each group of measurements out.
 
 The procedure (docs/fidelity.md, "Fitted parameters"):
 1. Every parameter a runtime file lists under `fitted:` has a grid of candidate values
-   below (GRIDS; an overlapping runtime's host time is capped, OVERLAP_MAX). A runtime's parameters are fitted together, over the full grid of
-   their combinations; runtimes are independent (no row runs under two runtimes).
+   below (GRIDS; an overlapping runtime's host time is capped, OVERLAP_MAX). A runtime's
+   parameters are fitted together, over the full grid of their combinations; runtimes
+   are independent (no row runs under two runtimes).
 2. For each grid point, `validate()` runs every dev entry whose rows ran under that
    runtime, with the candidate values laid over the runtime file
    (`validate(runtimes=...)`); capacity searches (DistServe's goodput) are left out of
