@@ -5,6 +5,7 @@ holds, and the errors of the parallel section."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import simpy
@@ -361,3 +362,37 @@ def test_attention_ranks_over_tp_sharded_experts_gather_and_scatter():
     group = cost.experts.group
     assert parts["all_gather"] == group.all_gather_s(1024 * 4096 * 2)
     assert cost.experts.expert_rows(1024) == 2048
+
+
+def test_one_long_prompt_runs_whole_on_one_attention_rank():
+    """A sequence stays on one attention data-parallel rank: a lone 8k-token prompt
+    under 8 ranks takes at least its own rank's dense ops and attention at their
+    physical floor (before, the step's tokens were spread over the ranks and the first
+    token came in under it)."""
+    prompt = 8192
+    wl = {
+        "requests": 1,
+        "arrival": {"process": "constant", "rate": 1.0},
+        "prompt": {"dist": "fixed", "value": prompt},
+        "output": {"dist": "fixed", "value": 2},
+    }
+    s = scenario(parallel={"tp": 1, "dp_attention": 8, "ep": 8}, workload=wl)
+    (replica,) = deploy(s).replicas
+    cost = replica.stages[0].cost
+    ep = cost.experts
+    assert ep is not None and ep.dp == 8
+    work = Work.prefill(1, prompt)
+    floor = cost._floor
+    dense = sum(
+        floor.op_time(op, Work(tokens=prompt))
+        for op in ep.dense_ops
+        if op.kind not in ("attn_prefill", "attn_decode")
+    )
+    rank_op = next(op for op in ep.dense_ops if op.kind == "attn_prefill")  # 1/8 share
+    attention = floor.op_time(replace(rank_op, share=rank_op.share * 8), work)
+    res = simulate(s)
+    (ttft,) = (res.requests["first_token_s"] - res.requests["arrival_s"]).to_numpy()
+    assert ttft >= (dense + attention) * cost.n_layers
+    assert cost._slowest_rank(work).prefill_pairs == pytest.approx(8 * work.prefill_pairs)
+    # an even share would have been an eighth of the rank tokens
+    assert ep.rank_tokens(prompt, prompt) == prompt and ep.rank_tokens(prompt) == prompt // 8

@@ -125,6 +125,9 @@ class Work:
         their query tokens, their causal (query, key) pairs, and the keys they read
         (context already cached plus the chunk).
     decode_seqs / decode_kv_tokens: decoding sequences and the KV tokens they read.
+    prefill_max_chunk / prefill_max_pairs: the largest one sequence's prefill chunk and
+        the most causal pairs one sequence's chunk has (0 when not known): a sequence
+        stays whole on one attention data-parallel rank, so no rank runs less.
     """
 
     tokens: int = 0
@@ -133,16 +136,21 @@ class Work:
     prefill_kv_tokens: int = 0
     decode_seqs: int = 0
     decode_kv_tokens: int = 0
+    prefill_max_chunk: int = 0
+    prefill_max_pairs: float = 0.0
 
     @staticmethod
     def prefill(batch: int, prompt: int, cached: int = 0, window: int | None = None) -> Work:
         """`batch` sequences each prefilling `prompt` tokens after `cached` ones (under a
         sliding `window`, each query attends to at most `window` keys)."""
+        pairs = causal_pairs(prompt, cached, window)
         return Work(
             tokens=batch * prompt,
             prefill_tokens=batch * prompt,
-            prefill_pairs=batch * causal_pairs(prompt, cached, window),
+            prefill_pairs=batch * pairs,
             prefill_kv_tokens=batch * prefill_keys(prompt, cached, window),
+            prefill_max_chunk=prompt if batch else 0,
+            prefill_max_pairs=pairs if batch else 0.0,
         )
 
     @staticmethod
@@ -174,6 +182,7 @@ def split_work(work: Work, logits: int, parts: int) -> list[MicroBatch]:
     for i in range(parts):
         p_share = pre[i] / work.prefill_tokens if work.prefill_tokens else 0.0
         d_share = seqs[i] / work.decode_seqs if work.decode_seqs else 0.0
+        biggest = min(work.prefill_max_chunk, pre[i])  # a part holds at most its tokens
         mb = Work(
             tokens=pre[i] + seqs[i],
             prefill_tokens=pre[i],
@@ -181,6 +190,12 @@ def split_work(work: Work, logits: int, parts: int) -> list[MicroBatch]:
             prefill_kv_tokens=round(work.prefill_kv_tokens * p_share),
             decode_seqs=seqs[i],
             decode_kv_tokens=round(work.decode_kv_tokens * d_share),
+            prefill_max_chunk=biggest,
+            prefill_max_pairs=(
+                work.prefill_max_pairs * biggest / work.prefill_max_chunk
+                if work.prefill_max_chunk
+                else 0.0
+            ),
         )
         if mb.tokens:
             out.append(MicroBatch(mb, lg[i]))

@@ -167,9 +167,10 @@ class ExpertParallel:
         self._comm: dict[int, float] = {}
 
     # tokens ------------------------------------------------------------------------
-    def rank_tokens(self, tokens: int) -> int:
-        """Tokens the slowest attention rank runs."""
-        return -(-tokens // self.dp)
+    def rank_tokens(self, tokens: int, biggest: int = 0) -> int:
+        """Tokens the slowest attention rank runs: its even share, and at least the
+        `biggest` one sequence brings (a sequence stays whole on one rank)."""
+        return max(-(-tokens // self.dp), min(biggest, tokens))
 
     def expert_rows(self, tokens: int) -> int:
         """Routed rows the slowest expert group computes: ⌈T·k·λ/ep⌉."""

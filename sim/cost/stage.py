@@ -23,6 +23,7 @@ Execution never goes below the physical roofline of an op.
 from __future__ import annotations
 
 import bisect
+from dataclasses import replace
 
 import numpy as np
 
@@ -95,7 +96,7 @@ class StageCost:
         self._graph_mixed = runtime.graphs.mixed
         self._graph_pads = runtime.graphs.padding
         self._overlap_gather = runtime.overlap_weight_gather and isinstance(layout, WeightGathered)
-        self._per_token: dict[tuple[int, bool], float] = {}
+        self._per_token: dict[tuple[int, bool, int], float] = {}
         self._flops_per_token: dict[int, float] = {}
         self._bytes_per_token: dict[int, float] = {}
         self._lm: dict[tuple[int, bool], float] = {}
@@ -135,14 +136,18 @@ class StageCost:
         return self._captured[bisect.bisect_left(self._captured, tokens)]
 
     # ------------------------------------------------------------------ components
-    def token_part_s(self, tokens: int, graph: bool = False) -> float:
-        """Matmuls, element-wise ops and collectives of all layers for `tokens`."""
-        key = (tokens, graph)
+    def token_part_s(self, tokens: int, graph: bool = False, biggest: int = 0) -> float:
+        """Matmuls, element-wise ops and collectives of all layers for `tokens`, of
+        which one sequence brings at most `biggest` (it matters only to attention
+        ranks: a sequence's tokens all run on one)."""
+        if self.experts is None or self.experts.dp == 1:
+            biggest = 0
+        key = (tokens, graph, biggest)
         cached = self._per_token.get(key)
         if cached is not None:
             return cached
         if self.experts is not None:
-            total = self._ep_compute_s(tokens, graph) * self.n_layers
+            total = self._ep_compute_s(tokens, graph, biggest) * self.n_layers
             if tokens:
                 total += self.experts.layer_comm_s(tokens) * self.n_layers
             total += self._embed_s(tokens, graph)
@@ -159,13 +164,13 @@ class StageCost:
         self._per_token[key] = total
         return total
 
-    def _ep_compute_s(self, tokens: int, graph: bool) -> float:
+    def _ep_compute_s(self, tokens: int, graph: bool, biggest: int = 0) -> float:
         """One layer's matmuls and element-wise ops under expert parallelism: the
         slowest attention rank's dense ops and the slowest expert group's experts (plus
         the embedding, once, on the first stage: see `token_part_s`)."""
         ep = self.experts
         assert ep is not None
-        rank = Work(tokens=ep.rank_tokens(tokens))
+        rank = Work(tokens=ep.rank_tokens(tokens, biggest))
         rows = Work(tokens=ep.expert_rows(tokens))
         layer = sum(self.op_s(op, rank, graph) for op in self._token_ops)
         layer += sum(self.op_s(op, rows, graph) for op in self._expert_ops)
@@ -200,7 +205,7 @@ class StageCost:
         parallelism: its matmuls, element-wise ops and attention; its collectives."""
         ep = self.experts
         assert ep is not None
-        compute = self._ep_compute_s(work.tokens, graph)
+        compute = self._ep_compute_s(work.tokens, graph, work.prefill_max_chunk)
         if self.n_layers:
             compute += self.attention_s(work, graph) / self.n_layers
         return compute, ep.layer_comm_s(work.tokens)
@@ -233,10 +238,24 @@ class StageCost:
     def attention_s(self, work: Work, graph: bool = False) -> float:
         t = 0.0
         if work.prefill_tokens:
-            t += self.op_s(self._prefill, work, graph)
+            t += self.op_s(self._prefill, self._slowest_rank(work), graph)
         if work.decode_seqs:
             t += self.op_s(self._decode, work, graph)
         return t * self.n_layers
+
+    def _slowest_rank(self, work: Work) -> Work:
+        """Prefill attention as the slowest attention rank runs it, in the units of the
+        prefill op (whose `share` is already 1/dp of the step): the ranks' even share, or
+        the one sequence with the most pairs, whichever is more."""
+        if self.experts is None or self.experts.dp == 1 or not work.prefill_max_chunk:
+            return work
+        dp = self.experts.dp
+        return replace(
+            work,
+            prefill_tokens=max(work.prefill_tokens, dp * work.prefill_max_chunk),
+            prefill_pairs=max(work.prefill_pairs, dp * work.prefill_max_pairs),
+            prefill_kv_tokens=max(work.prefill_kv_tokens, dp * work.prefill_max_chunk),
+        )
 
     # ------------------------------------------------------------------ the stage
     def time(self, work: Work, logits: int) -> float:
@@ -244,11 +263,16 @@ class StageCost:
         if self._overlapped(work.tokens):
             return self.overlapped_time(work, logits)
         size = self.graph_size(work)
+        big = work.prefill_max_chunk
         if size is None:
-            return self.token_part_s(work.tokens) + self.attention_s(work) + self.lm_head_s(logits)
+            return (
+                self.token_part_s(work.tokens, False, big)
+                + self.attention_s(work)
+                + self.lm_head_s(logits)
+            )
         pad = size - work.tokens
         return (
-            self.token_part_s(size, True)
+            self.token_part_s(size, True, big)
             + self.attention_s(work, True)
             + self.lm_head_s(logits + pad if logits else 0, True)
             + self._graph_launch

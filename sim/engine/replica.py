@@ -263,11 +263,14 @@ class VirtualEngine:
         pp = 0.0
         ut = ukv = 0
         up = 0.0
+        big_chunk, big_pairs = 0, 0.0  # one sequence's largest chunk (attention ranks)
         for req, chunk in step.prefills:
             done = req.prefilled
+            pairs = causal_pairs(chunk, done, window)
             pt += chunk
-            pp += causal_pairs(chunk, done, window)
+            pp += pairs
             pkv += prefill_keys(chunk, done, window)
+            big_chunk, big_pairs = max(big_chunk, chunk), max(big_pairs, pairs)
             first_new = max(done, min(req.computed, done + chunk))
             new = done + chunk - first_new
             if new:
@@ -301,6 +304,8 @@ class VirtualEngine:
             prefill_kv_tokens=pkv + step.pad_prefill_tokens,
             decode_seqs=ds,
             decode_kv_tokens=dkv,
+            prefill_max_chunk=big_chunk,
+            prefill_max_pairs=big_pairs,
         )
         real = (st.decoders if step.decode else 0) + completing
         return work, useful, ds + completing, real
