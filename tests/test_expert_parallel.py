@@ -396,3 +396,29 @@ def test_one_long_prompt_runs_whole_on_one_attention_rank():
     assert cost._slowest_rank(work).prefill_pairs == pytest.approx(8 * work.prefill_pairs)
     # an even share would have been an eighth of the rank tokens
     assert ep.rank_tokens(prompt, prompt) == prompt and ep.rank_tokens(prompt) == prompt // 8
+
+
+def test_attention_ranks_schedule_their_own_sequences_on_the_host():
+    """Each DP rank's scheduler handles its own share of the step's sequences, in
+    parallel: 8 decoding sequences over 8 ranks cost one sequence's host time a step."""
+    from sim.spec.runtime import HostSpec
+
+    host = HostSpec.model_validate({"fixed": "1 ms", "per_sequence": "1 ms", "per_token": "0 s"})
+    assert host.per_rank(8).seconds(8, 8) == pytest.approx(2e-3)
+    assert host.per_rank(1) is host
+    wl = {
+        "requests": 8,
+        "arrival": {"process": "burst"},
+        "prompt": {"dist": "fixed", "value": 64},
+        "output": {"dist": "fixed", "value": 17},
+    }
+    par = {"tp": 1, "dp_attention": 8, "ep": 8}
+
+    def tpot(runtime) -> float:
+        res = simulate(scenario(parallel=par, workload=wl, runtime=runtime))
+        r = res.requests
+        return float(((r["finish_s"] - r["first_token_s"]) / (r["output_tokens"] - 1)).max())
+
+    plain = tpot("bare")
+    hosted = tpot({"host": {"per_sequence": "1 ms"}})
+    assert hosted - plain == pytest.approx(1e-3, rel=1e-6)

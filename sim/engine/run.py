@@ -82,7 +82,7 @@ def build_replica(
         s.engine.leap and s.runtime.kv_cache == "paged",
         act_bytes,
         schedule,
-        s.runtime.host,
+        s.runtime.host.per_rank(s.parallel.dp_attention),
         handoff,
         recompute=s.runtime.kv_cache == "none",
     )

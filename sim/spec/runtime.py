@@ -64,6 +64,19 @@ class HostSpec(Spec):
         """Host time of one iteration of `sequences` sequences and `tokens` tokens."""
         return self.fixed_s + self.per_sequence_s * sequences + self.per_token_s * tokens
 
+    def per_rank(self, ranks: int) -> HostSpec:
+        """The host time of a step shared by `ranks` attention data-parallel ranks: each
+        rank's scheduler (SGLang and vLLM run one per DP rank, in parallel) handles its
+        share of the sequences and tokens; the fixed part is every rank's at once."""
+        if ranks <= 1:
+            return self
+        return self.model_copy(
+            update={
+                "per_sequence_s": self.per_sequence_s / ranks,
+                "per_token_s": self.per_token_s / ranks,
+            }
+        )
+
 
 def vllm_capture_sizes(max_batch: int) -> tuple[int, ...]:
     """vLLM's captured decode batch sizes: 1, 2, 4, then every multiple of 8."""
