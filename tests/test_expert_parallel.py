@@ -422,3 +422,32 @@ def test_attention_ranks_schedule_their_own_sequences_on_the_host():
     plain = tpot("bare")
     hosted = tpot({"host": {"per_sequence": "1 ms"}})
     assert hosted - plain == pytest.approx(1e-3, rel=1e-6)
+
+
+def test_dispatch_dtype_and_the_layers_that_route():
+    """DeepEP dispatches tokens in fp8 and combines them in bf16: the dispatch moves half
+    the bytes; a model whose first layers are dense (DeepSeek-V3: 3 of 61) routes in the
+    other layers only."""
+    par = {"tp": 1, "dp_attention": 8, "ep": 8}
+    bf16 = deploy(scenario(parallel=par)).replicas[0].stages[0].cost.experts
+    fp8 = deploy(scenario(parallel={**par, "experts": {"dispatch_dtype": "fp8"}}))
+    fp8 = fp8.replicas[0].stages[0].cost.experts
+    assert bf16 is not None and fp8 is not None and bf16.moe_share == 1.0
+    a, b = bf16.layer_comm_breakdown(4096), fp8.layer_comm_breakdown(4096)
+    group = bf16.group
+    size = -(-4096 // 8) * 2 * 1 * 4096 * 2.0  # owned tokens x top-2 x d_model x bf16
+    assert a["dispatch"] == pytest.approx(group.all_to_all_routed_s(size))
+    assert b["dispatch"] == pytest.approx(group.all_to_all_routed_s(size / 2))
+    assert b["combine"] == a["combine"]
+    ds = scenario(
+        model="deepseek-v3",
+        cluster="hgx-h200-x2",
+        parallel={"tp": 1, "dp_attention": 16, "ep": 16},
+        precision={"weights": "fp8", "activations": "bf16", "kv": "bf16"},
+    )
+    ep = deploy(ds).replicas[0].stages[0].cost.experts
+    assert ep is not None and ep.moe_share == pytest.approx(58 / 61)
+    full = ep.group.all_to_all_routed_s(-(-4096 // 16) * 8 * 1 * 7168 * 2.0)
+    assert ep.layer_comm_breakdown(4096)["dispatch"] == pytest.approx(58 / 61 * full)
+    with pytest.raises(LlmsimError, match="dispatch_dtype"):
+        scenario(parallel={**par, "experts": {"dispatch_dtype": "fp9"}})

@@ -122,6 +122,7 @@ class ExpertParallel:
         group: CollectiveModel,
         ranks: Sequence[CollectiveModel],
         overlap: bool = False,
+        dispatch_bytes: float | None = None,
     ):
         model = plan.model
         assert model.moe is not None
@@ -138,6 +139,10 @@ class ExpertParallel:
         self.group = group  # all D devices
         self.ranks = tuple(ranks)  # each attention rank's tp devices
         self.overlap = overlap
+        # bytes per value the dispatch sends (None: the activations'; DeepEP sends fp8)
+        self.dispatch_bytes = dispatch_bytes
+        # the share of layers that route (DeepSeek's first dense layers have no experts)
+        self.moe_share = model.n_moe_layers / model.n_layers
         ff_tp = model.d_ff_expert // plan.tp
         ff = model.d_ff_expert // self.width_split
         dense, experts = [], []
@@ -188,17 +193,19 @@ class ExpertParallel:
         out: dict[str, float] = {}
         if self.tp > 1:
             out["attention_all_reduce"] = max(g.all_reduce_s(rank) for g in self.ranks)
+        share = self.moe_share
         if self.ep == 1:  # experts split over all D devices: every device needs every token
-            out["all_gather"] = self.group.all_gather_s(tokens * e * a)
-            out["reduce_scatter"] = self.group.reduce_scatter_s(tokens * e * a)
+            out["all_gather"] = share * self.group.all_gather_s(tokens * e * a)
+            out["reduce_scatter"] = share * self.group.reduce_scatter_s(tokens * e * a)
             return out
         if self.tp > 1:  # the attention output is reduce-scattered, not all-reduced
             out["attention_all_reduce"] = max(g.reduce_scatter_s(rank) for g in self.ranks)
             out["all_gather"] = max(g.all_gather_s(rank) for g in self.ranks)
         owned = -(-tokens // self.devices)
-        size = owned * self.top_k * self.width_split * e * a * self.imbalance
-        out["dispatch"] = self.group.all_to_all_routed_s(size)
-        out["combine"] = self.group.all_to_all_routed_s(size)
+        values = owned * self.top_k * self.width_split * e * self.imbalance
+        sent = self.dispatch_bytes if self.dispatch_bytes is not None else a
+        out["dispatch"] = share * self.group.all_to_all_routed_s(values * sent)
+        out["combine"] = share * self.group.all_to_all_routed_s(values * a)
         return out
 
     def layer_comm_s(self, tokens: int) -> float:

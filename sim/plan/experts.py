@@ -13,6 +13,7 @@ from sim.cost.experts import ExpertParallel, group_loads, imbalance, popularity
 from sim.cost.topology import Cluster
 from sim.spec.profile import CollectiveFit
 from sim.spec.scenario import Scenario
+from sim.units import dtype_bytes
 
 
 def uses_experts(s: Scenario) -> bool:
@@ -58,4 +59,7 @@ def expert_group(
         group=CollectiveModel(cluster, devices, fits, custom),
         ranks=ranks,
         overlap=par.two_batch_overlap,
+        dispatch_bytes=(
+            dtype_bytes(par.experts.dispatch_dtype) if par.experts.dispatch_dtype else None
+        ),
     )

@@ -29,6 +29,7 @@ from sim.spec.runtime import RuntimeSpec
 from sim.spec.scheduler import RouterSpec, SchedulerSpec, _known_router
 from sim.spec.slo import SLOSpec
 from sim.spec.workload import WorkloadSpec, parse_workload
+from sim.units import DTYPE_BYTES
 
 
 class PipelineSpec(Spec):
@@ -79,6 +80,18 @@ class ExpertsSpec(Spec):
         description="EPLB: extra copies of the hottest experts; the copies split their "
         "load and every expert is placed to balance the devices",
     )
+    dispatch_dtype: str | None = Field(
+        default=None,
+        description="dtype of the tokens the dispatch all-to-all sends (DeepEP: fp8); the "
+        "combine returns them in the activation dtype; default: the activation dtype",
+    )
+
+    @field_validator("dispatch_dtype")
+    @classmethod
+    def _dtype(cls, value: str | None) -> str | None:
+        if value is not None and value not in DTYPE_BYTES:
+            raise ValueError(f"unknown dtype {value!r}; valid: {', '.join(DTYPE_BYTES)}")
+        return value
 
     @field_validator("histogram")
     @classmethod
