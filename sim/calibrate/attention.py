@@ -113,9 +113,10 @@ def _decode_fn(run: Run, b: int, kv: int, h: int, hk: int, d: int) -> Callable[[
     return sdpa_step
 
 
-def measure_attention(run: Run, skipped: list[str]) -> list[AttentionPoint]:
+def attention_cases(run: Run) -> list[tuple[str, int, int]]:
+    """The grid's (phase, batch, length) attention cases within its token caps."""
     g = run.grid
-    cases = [
+    return [
         ("prefill", b, s)
         for b in g.prefill_batch
         for s in g.prefill_len
@@ -126,6 +127,10 @@ def measure_attention(run: Run, skipped: list[str]) -> list[AttentionPoint]:
         for kv in g.decode_kv
         if b * kv <= g.decode_max_kv_tokens
     ]
+
+
+def measure_attention(run: Run, skipped: list[str]) -> list[AttentionPoint]:
+    cases = attention_cases(run)
     points = []
     for h, hk, d in attention_configs(run):
         for phase, b, length in cases:

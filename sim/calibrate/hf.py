@@ -53,6 +53,7 @@ from typing import Any
 import torch
 
 from sim.arith.ops import layer_plan
+from sim.calibrate.attention import attention_cases
 from sim.calibrate.grids import Run
 from sim.calibrate.runtime import PROBE
 from sim.calibrate.timing import cold, cycle, measure, randn, timing, try_point
@@ -174,21 +175,6 @@ def hf_attention_configs(run: Run) -> list[tuple[int, int, int]]:
         op = next(o for o in layer_plan(model, 1).ops if o.kind == "attn_prefill")
         out.add((op.heads, op.kv_heads, op.head_dim))
     return sorted(out)
-
-
-def attention_cases(run: Run) -> list[tuple[str, int, int]]:
-    g = run.grid
-    return [
-        ("prefill", b, s)
-        for b in g.prefill_batch
-        for s in g.prefill_len
-        if b * s <= g.prefill_max_tokens
-    ] + [
-        ("decode", b, kv)
-        for b in g.decode_batch
-        for kv in g.decode_kv
-        if b * kv <= g.decode_max_kv_tokens
-    ]
 
 
 def measure_hf_attention(run: Run, skipped: list[str]) -> list[AttentionPoint]:
