@@ -76,7 +76,10 @@ def test_golden_keeps_to_physical_bounds(path):
     span = float(arrivals.arrival_s.max() - arrivals.arrival_s.min())
     if span > 0:
         assert g["throughput_rps"] <= len(arrivals) / span * (1 + 1e-9)
-    weights = total_params(s.model) * precision.w_bytes / (tp * pp)
+    # every weight is somewhere: a device holds at least its share over all the devices
+    # of a replica (attention ranks replicate the dense weights, so more there)
+    devices = tp * pp * (par.dp_attention if s.disaggregation is None else 1)
+    weights = total_params(s.model) * precision.w_bytes / devices
     if s.offload is not None:  # only the GPU's share of the weights stays on the GPU
         weights *= s.offload.weights[0]
     device = floors.memory_bytes_per_device
