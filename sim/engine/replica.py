@@ -224,19 +224,22 @@ class VirtualEngine:
             host = replica.host
             real_tokens = sum(chunk for _, chunk in step.prefills) + useful.decode_seqs
             host_s = host.seconds(len(step.prefills) + useful.decode_seqs, real_tokens)
-            if host_s and not host.overlap:  # the host prepares the step; devices wait
-                yield env.timeout(host_s)
-            if replica.offload is not None:
-                yield from self._offload_step(work, useful, logits, real_logits)
+            # the host prepares the step while the devices wait (unless it overlaps)
+            serial = host_s if host_s and not host.overlap else 0.0
+            batches = None if replica.offload is not None else replica.schedule.split(work, logits)
+            if single and batches is not None and len(batches) == 1:
+                # one stage, nothing else holds it: the host time and the step in one event
+                stage = replica.stages[0]
+                t = stage.cost.time(work, logits)
+                gpu_start = env.now + serial
+                self._begin(stage, work, useful, logits, real_logits, gpu_start, t)
+                yield env.timeout(serial + t)
+                self._end(stage, 0, work, gpu_start, env.now)
             else:
-                batches = replica.schedule.split(work, logits)
-                if single and len(batches) == 1:
-                    stage = replica.stages[0]
-                    t = stage.cost.time(work, logits)
-                    gpu_start = env.now
-                    self._begin(stage, work, useful, logits, real_logits, gpu_start, t)
-                    yield env.timeout(t)
-                    self._end(stage, 0, work, gpu_start, env.now)
+                if serial:
+                    yield env.timeout(serial)
+                if batches is None:
+                    yield from self._offload_step(work, useful, logits, real_logits)
                 elif len(batches) == 1:
                     yield from self._through_stages(batches[0], 0, work, useful, real_logits)
                 else:
