@@ -112,7 +112,8 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def rows_table(rows: pd.DataFrame, metric: str) -> str:
-    """Ranked rows: the metric (with its interval for capacity), goodput, latency, cost;
+    """Ranked rows: the metric (with its interval for capacity), goodput, latency, cost,
+    joules per output token;
     failed tasks last with their one-line error."""
     capacity = metric == "capacity_rps"
     header: tuple[str, ...] = (
@@ -126,6 +127,7 @@ def rows_table(rows: pd.DataFrame, metric: str) -> str:
         "dev",
         "$/h",
         "$/M tok",
+        "J/tok",
     )
     body: list[tuple[str, ...]] = []
     failed: list[str] = []
@@ -145,6 +147,7 @@ def rows_table(rows: pd.DataFrame, metric: str) -> str:
             fmt_num(row["devices"], ".0f"),
             fmt_num(row["usd_per_hour"], ",.2f"),
             fmt_num(row["usd_per_million_output_tokens"], ",.3f"),
+            fmt_num(row["joules_per_output_token"], ",.3f"),
         ]
         body.append(tuple(cells))
     lines = aligned(header, body, left=(0, 1)) if body else []

@@ -3,7 +3,8 @@
 A device row: the busy time, communication share, FLOPs and HBM bytes of its stage (each
 device of a TP group does the same), so utilisation, MFU (model FLOPs over span × peak
 FLOP/s) and bandwidth utilisation; and its memory: weights, workspace and the KV cache
-at the replica's peak. A link row: the seconds it was held (transfers, KV moves,
+at the replica's peak; its energy and mean power (sim.results.energy; NaN for a device
+without catalog power). A link row: the seconds it was held (transfers, KV moves,
 offload streams) or busy with its TP group's collectives.
 """
 
@@ -12,10 +13,12 @@ from __future__ import annotations
 import pandas as pd
 
 from sim.engine.records import RunRecords
+from sim.results.energy import energy_joules
 
 
 def device_frame(run: RunRecords) -> pd.DataFrame:
-    """One row per device in use: busy time, utilisation, MFU, bandwidth use, memory."""
+    """One row per device in use: busy time, utilisation, MFU, bandwidth use, memory,
+    energy."""
     d = run.deployment
     end_s = run.duration_s
     precision = d.precision
@@ -30,6 +33,7 @@ def device_frame(run: RunRecords) -> pd.DataFrame:
             kv_peak = peak_blocks * block_size * sizes.kv_bytes_per_token[stage.index]
             if rep.offload is not None:  # the placement's GPU share is in weight_bytes
                 kv_peak = 0.0
+            joules = energy_joules(device, peak, end_s, used.busy_s, used.flops, used.bytes)
             for dev in stage.devices:
                 rows.append(
                     {
@@ -56,6 +60,8 @@ def device_frame(run: RunRecords) -> pd.DataFrame:
                         + sizes.workspace_bytes
                         + kv_peak,
                         "memory_bytes": device.memory_bytes,
+                        "energy_j": float("nan") if joules is None else joules,
+                        "power_w": float("nan") if joules is None or end_s <= 0 else joules / end_s,
                     }
                 )
     return pd.DataFrame(rows)

@@ -78,6 +78,25 @@ def latency_table(summary: Summary) -> list[str]:
     return ["", *aligned(header, rows, left=(0,), min_widths=(12, 9, 9, 9, 9))]
 
 
+def energy_line(s: Summary) -> str:
+    """Energy over the run and per output token, or why there is none."""
+    e = s.energy
+    if e.joules is None:
+        if e.devices_without_power:
+            return (
+                f"energy: not reported ({', '.join(e.devices_without_power)} has no power "
+                "in the catalog)"
+            )
+        return "energy: not reported (no device in use)"
+    per_token = "-" if e.joules_per_output_token is None else f"{e.joules_per_output_token:,.3f}"
+    per_request = "-" if e.joules_per_request is None else f"{e.joules_per_request:,.1f}"
+    return (
+        f"energy: {e.joules / 1e3:,.1f} kJ at {e.watts_mean or 0:,.0f} W mean, "
+        f"{per_request} J per request, {per_token} J per output token "
+        "(catalog idle/peak power)"
+    )
+
+
 def summary_table(s: Summary) -> str:
     """A compact, readable summary of one run."""
     lines = [
@@ -98,6 +117,7 @@ def summary_table(s: Summary) -> str:
             f"${cost.usd_per_million_output_tokens:.2f} per million output tokens "
             "(indicative prices)"
         )
+    lines.append(energy_line(s))
     slo = s.slo
     if slo.bounds is not None:
         lines.append("")

@@ -6,7 +6,9 @@ peak FLOP/s), averaged over the devices in use; HFU counts every FLOP the device
 padding and recomputation after preemption included; bandwidth utilisation is HBM
 bytes over span × bandwidth. KV utilisation is the time-weighted share
 of KV blocks in use, averaged over engines. The bubble fraction is the share of stage
-time left idle while a replica had a step in flight. Latencies and SLOs: sim.results.slo.
+time left idle while a replica had a step in flight. Energy sums the devices' energy over
+the simulated time (sim.results.energy: idle power throughout, up to the TDP while busy),
+per finished request and per output token. Latencies and SLOs: sim.results.slo.
 
 `Summary.to_dict()` is what `summary.json` holds; `Summary.metric("ttft_s.p99")` reads
 one figure by its dotted name (the columns of compare, capacity and sweep tables).
@@ -33,6 +35,19 @@ class CostSummary:
     devices: int
     usd_per_hour: float | None
     usd_per_million_output_tokens: float | None
+
+
+@dataclass(frozen=True)
+class EnergySummary:
+    """What the devices in use drew over the simulated time (sim.results.energy), in
+    joules, and per finished request and output token; None where a device has no power
+    in the catalog (`devices_without_power` names them)."""
+
+    joules: float | None
+    watts_mean: float | None
+    joules_per_request: float | None
+    joules_per_output_token: float | None
+    devices_without_power: list[str]
 
 
 @dataclass(frozen=True)
@@ -85,6 +100,7 @@ class Summary:
     memory_bytes_per_device_peak: float
     link_utilization_max: float
     cost: CostSummary
+    energy: EnergySummary
     kv_transfer: KVTransferSummary | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,7 +129,7 @@ class Summary:
 def _plain(value: Any) -> Any:
     if isinstance(value, LatencyStats | SLOReport):
         return value.to_dict()
-    if isinstance(value, ClassSummary | CostSummary | KVTransferSummary):
+    if isinstance(value, ClassSummary | CostSummary | EnergySummary | KVTransferSummary):
         return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
@@ -201,6 +217,7 @@ def summarize(
         else 0.0,
         link_utilization_max=float(links["utilization"].max()) if len(links) else 0.0,
         cost=_cost(run, output_rate),
+        energy=_energy(devices, end_s, finished, out_tokens),
         kv_transfer=kv_transfer,
     )
 
@@ -236,6 +253,21 @@ def _cost(run: RunRecords, output_tokens_per_s: float | None) -> CostSummary:
     rate = output_tokens_per_s or 0.0
     per_million = per_hour / 3600 / rate * 1e6 if per_hour and rate else None
     return CostSummary(devices, per_hour, per_million)
+
+
+def _energy(devices: pd.DataFrame, end_s: float, finished: int, out_tokens: float) -> EnergySummary:
+    """The devices' energy summed (their frame's `energy_j`), or none when any lacks power."""
+    missing = sorted(set(devices.loc[devices["energy_j"].isna(), "kind"])) if len(devices) else []
+    if missing or not len(devices):
+        return EnergySummary(None, None, None, None, missing)
+    joules = float(devices["energy_j"].sum())
+    return EnergySummary(
+        joules,
+        joules / end_s if end_s > 0 else None,
+        joules / finished if finished else None,
+        joules / out_tokens if out_tokens else None,
+        [],
+    )
 
 
 def _mean(devices: pd.DataFrame, column: str) -> float:

@@ -9,9 +9,10 @@ network between them, or a torus of chips. Peak FLOP/s are dense (no sparsity).
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
 from sim.errors import LlmsimError
 from sim.spec.base import Bytes, BytesPerS, FlopsPerS, Seconds, Spec
@@ -24,6 +25,36 @@ class EfficiencySpec(Spec):
 
     compute: float = Field(0.7, gt=0, le=1)
     memory: float = Field(0.8, gt=0, le=1)
+
+
+def _watts(value: object) -> object:
+    """`700 W`, `1.2 kW`, `90` -> watts."""
+    if not isinstance(value, str):
+        return value
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*(k?W)", value.strip())
+    if not m:
+        raise ValueError(f"expected a power such as '700 W' or '1.2 kW', got {value!r}")
+    return float(m.group(1)) * (1e3 if m.group(2) == "kW" else 1.0)
+
+
+Watts = Annotated[float, BeforeValidator(_watts)]
+
+
+class PowerSpec(Spec):
+    """Board power: `idle` with the model loaded and nothing running (a serving engine
+    keeps its CUDA context, so the idle P-state), `peak` the board's TDP/TGP, what it
+    draws running flat out. sim.results.energy turns them into a run's energy."""
+
+    idle_watts: Watts = Field(alias="idle", ge=0)
+    peak_watts: Watts = Field(alias="peak", gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PowerSpec:
+        if self.idle_watts > self.peak_watts:
+            raise ValueError(
+                f"idle power {self.idle_watts:g} W is above peak {self.peak_watts:g} W"
+            )
+        return self
 
 
 class DeviceSpec(Spec):
@@ -47,6 +78,9 @@ class DeviceSpec(Spec):
     )
     pcie_bandwidth_bytes_per_s: BytesPerS | None = Field(alias="pcie_bandwidth", default=None)
     price_per_hour_usd: float | None = Field(alias="price_per_hour", default=None, ge=0)
+    power: PowerSpec | None = Field(
+        default=None, description="idle and peak board power; energy is not reported without it"
+    )
     sources: dict[str, str] = Field(default_factory=dict)
     calibration: str | None = Field(
         default=None, description="name of a profile in hardware/calibration/"

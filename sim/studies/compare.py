@@ -281,6 +281,8 @@ CSV_COLUMNS: dict[str, str | Callable[[Summary], Any]] = {
     "stage_utilization": lambda s: "/".join(f"{u:.4f}" for u in s.stage_utilization),
     "link_utilization_max": "link_utilization_max",
     "memory_gb_per_device_peak": lambda s: s.memory_bytes_per_device_peak / 1e9,
+    "usd_per_million_output_tokens": "cost.usd_per_million_output_tokens",
+    "joules_per_output_token": "energy.joules_per_output_token",
 }
 
 
@@ -308,11 +310,14 @@ TABLE_HEADER = (
     "stage util",
     "link max",
     "mem GB",
+    "$/M tok",
+    "J/tok",
 )
 
 
 def table(results: Sequence[VariantResult]) -> str:
-    """One row per variant: throughput, latency percentiles, pipeline and memory use."""
+    """One row per variant: throughput, latency percentiles, pipeline and memory use,
+    dollars per million and joules per output token."""
     rows: list[tuple[str, ...]] = []
     for r in results:
         s = r.summary
@@ -332,6 +337,8 @@ def table(results: Sequence[VariantResult]) -> str:
                 _stage_util(s.stage_utilization),
                 fmt_num(s.link_utilization_max, ".1%"),
                 fmt_num(s.memory_bytes_per_device_peak, ",.1f", 1e-9),
+                fmt_num(s.cost.usd_per_million_output_tokens, ",.2f"),
+                fmt_num(s.energy.joules_per_output_token, ",.3f"),
             )
         )
     return "\n".join(aligned(TABLE_HEADER, rows, left=(1,)))

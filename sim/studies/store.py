@@ -42,6 +42,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("usd_per_million_output_tokens", "REAL"),
     ("scenario_yaml", "TEXT"),
     ("wall_s", "REAL"),
+    ("joules_per_output_token", "REAL"),  # last: added later, see ResultsTable
 )
 
 
@@ -61,6 +62,10 @@ class ResultsTable:
             )
             self.conn.commit()
             have = tuple(r[1] for r in self.conn.execute(f"PRAGMA table_info({TABLE})"))
+            if have == NAMES[:-1]:  # a table written before the energy column
+                self.conn.execute(f"ALTER TABLE {TABLE} ADD COLUMN {' '.join(COLUMNS[-1])}")
+                self.conn.commit()
+                have = NAMES
         except (OSError, sqlite3.Error) as exc:
             raise LlmsimError(f"cannot open the results table: {exc}", file=str(path)) from None
         if have != NAMES:
@@ -140,6 +145,7 @@ REPORT_COLUMNS = (
     "devices",
     "usd_per_hour",
     "usd_per_million_output_tokens",
+    "joules_per_output_token",
 )
 
 

@@ -41,7 +41,9 @@ Executors: a local process pool (`jobs` workers; 1 runs in this process), or Ray
 local instance, or a cluster at `address` whose nodes have llmsim installed and the
 sweep's files at the same paths. After the sweep, `ranked` orders the rows by capacity
 (or goodput) and `pareto_front` keeps those no other row beats on both that metric and
-cost per million output tokens; the CLI writes the front to `<table stem>.pareto.csv`.
+cost per million output tokens; the CLI writes the front to `<table stem>.pareto.csv`,
+with joules per output token beside the dollars (`run` tasks only: a capacity search
+does not measure energy in its window, so its rows leave the column empty).
 """
 
 from __future__ import annotations
@@ -113,6 +115,7 @@ def _run_metrics(scenario: Scenario) -> dict[str, Any]:
         "devices": s.cost.devices,
         "usd_per_hour": s.cost.usd_per_hour,
         "usd_per_million_output_tokens": s.cost.usd_per_million_output_tokens,
+        "joules_per_output_token": s.energy.joules_per_output_token,
     }
 
 
