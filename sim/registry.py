@@ -1,5 +1,5 @@
-"""Extension points chosen by name in a scenario: batching policies, pipeline schedules
-and routers.
+"""Extension points chosen by name in a scenario: batching policies, pipeline schedules,
+routers and speculative-decoding methods.
 
 Each kind has one `Registry`. The module that implements an entry registers it with
 the registry's decorator (`@POLICIES.register("vllm")`), so a new policy is one file
@@ -74,3 +74,4 @@ class Registry(Generic[T]):
 POLICIES: Registry = Registry("policy", "sim.engine.policies", plural="policies")
 SCHEDULES: Registry = Registry("schedule", "sim.engine.pipeline")
 ROUTERS: Registry = Registry("router", "sim.engine.router")
+SPECULATORS: Registry = Registry("speculative method", "sim.plan.speculative")

@@ -18,12 +18,16 @@ The runtime (sim.spec.runtime) shapes the price:
 - fused element-wise ops cost nothing of their own;
 - a weight-gathered layer whose all-gathers overlap compute takes the longer of the two.
 Execution never goes below the physical roofline of an op.
+
+Under speculative decoding (`Speculation`, set by sim.plan.speculative) a decode-only
+step is priced as its share of a proposal-and-verification round: k draft passes and a
+(k+1)-token verification of the target, over the expected tokens a round yields.
 """
 
 from __future__ import annotations
 
 import bisect
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -58,6 +62,7 @@ class StageCost:
         last: bool = True,
         runtime: RuntimeSpec = BARE,
         experts: ExpertParallel | None = None,
+        speculation: Speculation | None = None,
     ):
         self.plan = plan
         self.n_layers = n_layers
@@ -100,6 +105,7 @@ class StageCost:
         self._flops_per_token: dict[int, float] = {}
         self._bytes_per_token: dict[int, float] = {}
         self._lm: dict[tuple[int, bool], float] = {}
+        self.speculation = speculation  # None: one token per decoding sequence a step
 
     # ------------------------------------------------------------------ one op
     def op_s(self, op: Op, work: Work, graph: bool = False) -> float:
@@ -259,7 +265,14 @@ class StageCost:
 
     # ------------------------------------------------------------------ the stage
     def time(self, work: Work, logits: int) -> float:
-        """Seconds for this stage to run `work`, sampling `logits` sequences."""
+        """Seconds for this stage to run `work`, sampling `logits` sequences (under
+        speculative decoding, as `Speculation.step_s` prices it)."""
+        if self.speculation is not None:
+            return self.speculation.step_s(self, work, logits)
+        return self.plain_time(work, logits)
+
+    def plain_time(self, work: Work, logits: int) -> float:
+        """Seconds for this stage to run `work` as one forward pass."""
         if self._overlapped(work.tokens):
             return self.overlapped_time(work, logits)
         size = self.graph_size(work)
@@ -280,6 +293,12 @@ class StageCost:
 
     def flops(self, work: Work, logits: int) -> float:
         """Model FLOPs of this stage on one device (for MFU)."""
+        if self.speculation is not None:
+            return self.speculation.flops(self, work, logits)
+        return self.plain_flops(work, logits)
+
+    def plain_flops(self, work: Work, logits: int) -> float:
+        """Model FLOPs of one forward pass of `work` on one device."""
         per_tok = self._flops_per_token.get(work.tokens)
         if per_tok is None:
             rank, rows = self._op_works(work.tokens)
@@ -294,6 +313,18 @@ class StageCost:
     def bytes(self, work: Work) -> float:
         """HBM bytes this stage moves on one device (for bandwidth utilisation); fused
         element-wise ops move nothing of their own."""
+        if self.speculation is not None:
+            return self.speculation.bytes(self, work)
+        return self.plain_bytes(work)
+
+    def step_comm_s(self, work: Work) -> float:
+        """The communication share of `time(work, ·)`: the TP (and EP) collectives."""
+        if self.speculation is not None:
+            return self.speculation.comm_s(self, work)
+        return self.comm_part_s(work.tokens)
+
+    def plain_bytes(self, work: Work) -> float:
+        """HBM bytes of one forward pass of `work` on one device."""
         p = self.plan.precision
         per_tok = self._bytes_per_token.get(work.tokens)
         if per_tok is None:
@@ -359,3 +390,104 @@ class StageCost:
         floor = self._floor.decode_attention_times(op, seqs, kv)
         exec_s: np.ndarray = np.maximum(out - launch, floor)
         return exec_s if graph else np.maximum(exec_s, self._launch or 0.0)
+
+
+@dataclass(frozen=True)
+class Speculation:
+    """Speculative decoding on a stage (a one-stage replica): each decode step proposes
+    `k` tokens per sequence (`draft`: k sequential decode passes of the draft model or
+    head over the same sequences, on the same devices; None: n-gram lookup, no device
+    time) and verifies them in one (k+1)-token pass of the target (attention of k + 1
+    queries per sequence over its context, matmuls over (k+1)·seqs rows, logits for
+    every row). A verification step yields `tokens_per_step` tokens per sequence.
+
+    Acceptance is taken as its expectation: the engine keeps advancing one token per
+    sequence per step, and each such step is charged 1/`tokens_per_step` of a
+    proposal-and-verification round (so a sequence's tokens cost exactly the rounds its
+    expected acceptance needs, and its time per output token is round / E). A step that
+    carries prefill chunks decodes without speculating (one token per sequence, vLLM's
+    speculative decoding before chunked prefill); the draft then prefills the chunks.
+    """
+
+    k: int
+    tokens_per_step: float
+    draft: StageCost | None
+
+    def verify_work(self, work: Work) -> Work:
+        """The target's pass that checks `work`'s decoders' k proposals each."""
+        q, seqs, kv = self.k + 1, work.decode_seqs, work.decode_kv_tokens
+        pairs = q * kv + seqs * q * (q + 1) / 2
+        return Work(
+            tokens=q * seqs,
+            prefill_tokens=q * seqs,
+            prefill_pairs=pairs,
+            prefill_kv_tokens=kv + q * seqs,
+            prefill_max_chunk=q,
+            prefill_max_pairs=pairs / seqs if seqs else 0.0,
+        )
+
+    def proposal_works(self, work: Work) -> list[Work]:
+        """The draft's k decode passes: its KV grows by one token per sequence each."""
+        seqs, kv = work.decode_seqs, work.decode_kv_tokens
+        return [
+            Work(tokens=seqs, decode_seqs=seqs, decode_kv_tokens=kv + j * seqs)
+            for j in range(self.k)
+        ]
+
+    @staticmethod
+    def _speculates(work: Work) -> bool:
+        return bool(work.decode_seqs) and not work.prefill_tokens
+
+    @staticmethod
+    def _draft_prefill(work: Work) -> Work:
+        return replace(work, tokens=work.prefill_tokens, decode_seqs=0, decode_kv_tokens=0)
+
+    def round_s(self, target: StageCost, work: Work) -> float:
+        """One proposal and its verification for `work`'s decoders."""
+        seqs = work.decode_seqs
+        t = target.plain_time(self.verify_work(work), (self.k + 1) * seqs)
+        if self.draft is not None:
+            t += sum(self.draft.time(w, seqs) for w in self.proposal_works(work))
+        return t
+
+    def step_s(self, target: StageCost, work: Work, logits: int) -> float:
+        if self._speculates(work):
+            return self.round_s(target, work) / self.tokens_per_step
+        t = target.plain_time(work, logits)
+        if self.draft is not None and work.prefill_tokens:
+            t += self.draft.time(self._draft_prefill(work), 0)
+        return t
+
+    def flops(self, target: StageCost, work: Work, logits: int) -> float:
+        if self._speculates(work):
+            seqs = work.decode_seqs
+            f = target.plain_flops(self.verify_work(work), (self.k + 1) * seqs)
+            if self.draft is not None:
+                f += sum(self.draft.flops(w, seqs) for w in self.proposal_works(work))
+            return f / self.tokens_per_step
+        f = target.plain_flops(work, logits)
+        if self.draft is not None and work.prefill_tokens:
+            f += self.draft.flops(self._draft_prefill(work), 0)
+        return f
+
+    def bytes(self, target: StageCost, work: Work) -> float:
+        if self._speculates(work):
+            b = target.plain_bytes(self.verify_work(work))
+            if self.draft is not None:
+                b += sum(self.draft.bytes(w) for w in self.proposal_works(work))
+            return b / self.tokens_per_step
+        b = target.plain_bytes(work)
+        if self.draft is not None and work.prefill_tokens:
+            b += self.draft.bytes(self._draft_prefill(work))
+        return b
+
+    def comm_s(self, target: StageCost, work: Work) -> float:
+        if self._speculates(work):
+            c = target.comm_part_s((self.k + 1) * work.decode_seqs)
+            if self.draft is not None:
+                c += self.k * self.draft.comm_part_s(work.decode_seqs)
+            return c / self.tokens_per_step
+        c = target.comm_part_s(work.tokens)
+        if self.draft is not None and work.prefill_tokens:
+            c += self.draft.comm_part_s(work.prefill_tokens)
+        return c

@@ -64,9 +64,15 @@ class Replica:
             OffloadExecutor(plan.offload, self.model_layers) if plan.offload is not None else None
         )
         # Leaps need the device to themselves (one stage, one engine) and one
-        # micro-batch per decode step.
+        # micro-batch per decode step. A speculative step is priced as its share of a
+        # proposal-and-verification round (sim.cost.stage.Speculation), which the leaps'
+        # vectorised decode pricing does not follow: speculation steps one at a time.
         can_leap = (
-            leap and len(self.stages) == 1 and len(engines) == 1 and not schedule.splits_decode
+            leap
+            and len(self.stages) == 1
+            and len(engines) == 1
+            and not schedule.splits_decode
+            and plan.stages[0].cost.speculation is None
         )
         self.engines = [
             VirtualEngine(self, i, st, policy, can_leap) for i, (st, policy) in enumerate(engines)
@@ -368,7 +374,7 @@ class VirtualEngine:
             cost.flops(work, logits),
             model,
             cost.bytes(work),
-            cost.comm_part_s(work.tokens),
+            cost.step_comm_s(work),
         )
 
     def _end(self, stage: Stage, mb: int, work: Work, start: float, end: float) -> None:
@@ -400,7 +406,7 @@ class VirtualEngine:
                 start = env.now
                 t = stage.cost.time(work, logits)
                 self._begin(stage, work, useful, logits, real_logits, start, t, share)
-                comm = stage.cost.comm_part_s(work.tokens) if stage.plan.shared else 0.0
+                comm = stage.cost.step_comm_s(work) if stage.plan.shared else 0.0
                 if comm > 0:
                     yield env.timeout(t - comm)
                     yield from replica.links.hold(stage.plan.shared, comm)

@@ -45,6 +45,8 @@ def check_scenario(s: Scenario) -> None:
                 "parallel.layers_per_stage",
             )
     _check_experts(s)
+    if s.speculative is not None:
+        _check_speculative(s)
     if s.disaggregation is not None:
         _check_pools(s, s.disaggregation)
         return
@@ -65,6 +67,46 @@ def check_scenario(s: Scenario) -> None:
             f"but cluster {s.cluster.name} has {have}",
             "parallel",
         )
+
+
+def _check_speculative(s: Scenario) -> None:
+    """Speculative decoding runs on one colocated pipeline stage with a paged KV cache,
+    under a policy that bounds its running sequences (sim.plan.speculative)."""
+    par, spec = s.parallel, s.speculative
+    assert spec is not None
+    for on, what in (
+        (par.pp > 1, f"pp={par.pp}: needs one pipeline stage"),
+        (
+            par.ep > 1 or par.dp_attention > 1,
+            "is not modelled with expert or attention data parallelism (ep, dp_attention)",
+        ),
+        (s.disaggregation is not None, "is not modelled with disaggregated pools"),
+        (s.offload is not None, "is not modelled with offloading"),
+        (
+            s.runtime.kv_cache != "paged",
+            f"needs a paged KV cache, runtime has kv_cache: {s.runtime.kv_cache}",
+        ),
+        (
+            not hasattr(s.scheduler.policy_params(), "max_num_seqs"),
+            f"needs a policy with max_num_seqs (vllm, sarathi), not {s.scheduler.policy}",
+        ),
+    ):
+        if on:
+            raise s.error(f"speculative decoding {what}", "speculative")
+    draft = spec.draft_model
+    if draft is None:
+        return
+    key = "speculative.draft_model"
+    if draft.vocab_size != s.model.vocab_size:
+        raise s.error(
+            f"{draft.name} has a vocabulary of {draft.vocab_size} tokens, the target "
+            f"{s.model.name} {s.model.vocab_size}: a draft must share the tokenizer",
+            key,
+        )
+    try:
+        check_layout(par.tp_layout, draft, par.tp, par.attention)
+    except LlmsimError as exc:
+        raise s.error(f"{draft.name}: {exc.message}", key) from None
 
 
 def _check_experts(s: Scenario) -> None:

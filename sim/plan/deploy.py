@@ -32,6 +32,7 @@ from sim.plan.kernels import make_kernel
 from sim.plan.layers import plan_attention
 from sim.plan.memory import MemoryPlan, plan_memory
 from sim.plan.offload import offload_machine
+from sim.plan.speculative import Where, speculation
 from sim.spec.hardware import DeviceSpec, LinkSpec
 from sim.spec.offload import OffloadSpec
 from sim.spec.runtime import RuntimeSpec
@@ -292,6 +293,7 @@ def plan_replicas(
                     last=last,
                     runtime=s.runtime,
                     experts=experts,
+                    speculation=speculation(s, Where(kernel, cluster, devices, fits, custom)),
                 )
                 shared_costs[key] = cost
             links = layout.links() if layout is not None else ()

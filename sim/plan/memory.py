@@ -31,6 +31,7 @@ from sim.cost.topology import Cluster
 from sim.plan.experts import uses_experts
 from sim.plan.layers import plan_attention, stage_layers
 from sim.plan.offload import offload_capacity
+from sim.plan.speculative import draft_memory, lookahead_blocks
 from sim.spec.scenario import Scenario
 
 
@@ -70,6 +71,10 @@ def plan_memory(
         per_token = [t / par.dp_attention for t in per_token]
     usable = cluster.device.memory_bytes * params.gpu_memory_utilization
     bs = params.block_size
+    if s.speculative is not None:  # the draft's weights and KV share the (one) stage's devices
+        draft = draft_memory(s, precision)
+        weights = [w + draft.weight_bytes for w in weights]
+        per_token = [t + draft.kv_bytes_per_token for t in per_token]
     if s.offload is not None:  # tiers are checked by the offload plan; KV may live anywhere
         # weight_bytes then holds everything the placement keeps on the GPU at its peak.
         gpu = offload_capacity(s, cluster, precision)
@@ -80,6 +85,7 @@ def plan_memory(
         math.floor((usable - w - workspace) / (bs * t))
         for w, t in zip(weights, per_token, strict=True)
     )
+    blocks -= lookahead_blocks(s)  # room for the k tokens each sequence's verification writes
     if blocks <= 0:
         worst = max(weights)
         need = worst + workspace

@@ -102,6 +102,9 @@ class Summary:
     cost: CostSummary
     energy: EnergySummary
     kv_transfer: KVTransferSummary | None = None
+    # speculative decoding: tokens per verification step, bonus token included (the
+    # expectation 1 + Σ_i Π_{j≤i} a_j, as sim.cost.stage.Speculation charges it)
+    acceptance_length: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as `summary.json` writes it (empty optional parts left out)."""
@@ -110,7 +113,7 @@ class Summary:
             value = getattr(self, f.name)
             if f.name == "reject_reasons" and not value:
                 continue
-            if f.name in ("classes", "kv_transfer") and value is None:
+            if f.name in ("classes", "kv_transfer", "acceptance_length") and value is None:
                 continue
             out[f.name] = _plain(value)
         return out
@@ -219,6 +222,7 @@ def summarize(
         cost=_cost(run, output_rate),
         energy=_energy(devices, end_s, finished, out_tokens),
         kv_transfer=kv_transfer,
+        acceptance_length=scenario.speculative.expected_tokens if scenario.speculative else None,
     )
 
 

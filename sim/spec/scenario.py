@@ -28,6 +28,7 @@ from sim.spec.precision import PrecisionSpec
 from sim.spec.runtime import RuntimeSpec
 from sim.spec.scheduler import RouterSpec, SchedulerSpec, _known_router
 from sim.spec.slo import SLOSpec
+from sim.spec.speculative import SpeculativeSpec
 from sim.spec.workload import WorkloadSpec, parse_workload
 from sim.units import DTYPE_BYTES
 
@@ -233,6 +234,7 @@ class Scenario(Spec):
     compare: CompareSpec | None = None
     disaggregation: DisaggregationSpec | None = None
     offload: OffloadSpec | None = None
+    speculative: SpeculativeSpec | None = None
 
     _file: str | None = PrivateAttr(default=None)
     _base_dir: Path | None = PrivateAttr(default=None)
@@ -379,6 +381,13 @@ def _resolve_refs(data: dict[str, Any], file: str | None, base_dir: Path) -> dic
                     raise _in_scenario(exc, file, key) from None
                 dis[role] = {**pool, "cluster": spec.model_dump(by_alias=True)}
         out["disaggregation"] = dis
+    speculative = out.get("speculative")
+    if isinstance(speculative, dict) and isinstance(speculative.get("draft_model"), str):
+        try:
+            draft = catalog.load_model(speculative["draft_model"]).model_dump(by_alias=True)
+        except LlmsimError as exc:
+            raise _in_scenario(exc, file, "speculative.draft_model") from None
+        out["speculative"] = {**speculative, "draft_model": draft}
     if "workload" not in out:
         raise LlmsimError("required key is missing", file=file, key="workload")
     out["workload"] = parse_workload(out["workload"], file, base_dir)
