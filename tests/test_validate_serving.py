@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from sim.fidelity import replay, serving
-from sim.fidelity.rows import NOT_REPRODUCIBLE, OK, Options, device_name
+from sim.fidelity.rows import OK, Options, device_name
 from sim.fidelity.validate import _HANDLERS, default_data_path, load_measurements, validate
 from sim.plan import load_scenario
 from sim.results.run import simulate
