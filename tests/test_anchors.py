@@ -7,7 +7,8 @@ output; these anchors keep them honest. For every scenario:
   the median prompt and the median TPOT at least its decode floor (ideal roofline:
   peak FLOP/s and bandwidth from the datasheet, FLOPs and bytes from the seeds'
   closed forms; a request's TTFT and TPOT are each at least the floor of its own work,
-  and the floor grows with the prompt, so the medians keep the inequality);
+  and the floor grows with the prompt, so the medians keep the inequality; with prefix
+  caching, a prompt's work is at least its tokens outside its prefix's full blocks);
 - no replica serves faster than requests arrive: throughput is at most the requests
   over the span of their arrivals (drawn by the workload alone);
 - the memory a device holds is at least its share of the weights (the seeds' parameter
@@ -45,7 +46,14 @@ def test_golden_keeps_to_physical_bounds(path):
     s = load_scenario(path)
     g = golden(path.stem)
     arrivals = generate(s.workload, s.seed, s.base_dir)
-    prompt = int(np.median(arrivals.prompt_tokens))
+    prompts = arrivals.prompt_tokens
+    params = s.scheduler.policy_params()
+    if params.prefix_caching and arrivals.prefix_tokens is not None:
+        # A cached prefix is not computed: a request's floor is that of its prompt less
+        # the most the cache can hold of it (its prefix's full blocks).
+        bs = params.block_size
+        prompts = prompts - (arrivals.prefix_tokens // bs) * bs
+    prompt = int(np.median(prompts))
     par = s.parallel
     tp, pp = par.tp, par.pp
     if s.disaggregation is not None:  # the pools' own splits; the decode pool decodes

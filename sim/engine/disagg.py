@@ -47,7 +47,7 @@ class KVHandoff:
     def send(self, req: Req, source: int, release: Callable[[], None]) -> None:
         """`req` finished its prefill on prefill replica `source`; `release` frees its
         blocks there once the KV has left."""
-        target = self.decode[self.router.next_replica(self.decode)]
+        target = self.decode[self.router.next_replica(self.decode, req)]
         target.expect(req)
         self.env.process(self._move(req, source, target, release))
 

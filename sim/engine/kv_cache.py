@@ -9,9 +9,15 @@ Decoding sequences grow by one token a step and need a new block exactly when th
 KV length is a multiple of the block size. The manager keeps a histogram of decoding
 sequences by (kv − step) mod block_size, so the blocks that k future steps need are
 counted in O(block_size) — without visiting the sequences.
+
+With prefix caching (sim.engine.prefix_cache) the cached blocks that no request
+references are not counted as used: they are free to take, and an allocation evicts as
+many of them as it needs.
 """
 
 from __future__ import annotations
+
+from sim.engine.prefix_cache import PrefixCache
 
 
 class Tally:
@@ -47,6 +53,11 @@ class BlockManager:
         self.tally = tally if tally is not None else Tally()  # shared with sibling engines
         self.hist = [0] * block_size  # growing decoders by (kv - step) % block_size
         self.growers = 0  # sum(hist)
+        self.cache: PrefixCache | None = None
+
+    def enable_prefix_cache(self) -> PrefixCache:
+        self.cache = PrefixCache(self)
+        return self.cache
 
     # ------------------------------------------------------------------ blocks
     def blocks_for(self, tokens: int) -> int:
@@ -63,6 +74,18 @@ class BlockManager:
     def allocate(self, blocks: int) -> None:
         if blocks > self.free:
             raise OutOfBlocks(f"asked for {blocks} blocks with {self.free} free")
+        self.take(blocks)
+        if self.cache is not None:
+            self.cache.make_room(self.total - self.used)
+
+    def release(self, blocks: int) -> None:
+        if blocks > self.used:
+            raise OutOfBlocks(f"releasing {blocks} blocks with {self.used} in use")
+        self.give(blocks)
+
+    def take(self, blocks: int) -> None:
+        """Count `blocks` more as used (allocate's bookkeeping; the prefix cache's when a
+        request references idle cached blocks)."""
         self.used += blocks
         if self.used > self.peak:
             self.peak = self.used
@@ -71,9 +94,7 @@ class BlockManager:
         if tally.used > tally.peak:
             tally.peak = tally.used
 
-    def release(self, blocks: int) -> None:
-        if blocks > self.used:
-            raise OutOfBlocks(f"releasing {blocks} blocks with {self.used} in use")
+    def give(self, blocks: int) -> None:
         self.used -= blocks
         self.tally.used -= blocks
 

@@ -53,6 +53,8 @@ class Recorder:
         self.first_token_s = np.full(n_requests, np.nan)
         self.finish_s = np.full(n_requests, np.nan)
         self.preemptions = np.zeros(n_requests, dtype=np.int32)
+        # prompt tokens found in the prefix cache at first admission (prefix caching)
+        self.cached_tokens = np.zeros(n_requests, dtype=np.int64)
         self.status = np.zeros(n_requests, dtype=np.int8)
         self.reasons: dict[int, str] = {}
         self.closed = 0
@@ -97,6 +99,8 @@ class Recorder:
         self.first_token_s[i] = req.first_token_s
         self.finish_s[i] = t
         self.preemptions[i] = req.preemptions
+        if req.cached:
+            self.cached_tokens[i] = req.cached
         self.status[i] = FINISHED
         self._close()
 
@@ -246,6 +250,10 @@ class RunRecords:
 
     def requests_frame(self) -> pd.DataFrame:
         a = self.arrivals
-        return self.recorder.requests_frame(
+        frame = self.recorder.requests_frame(
             a.arrival_s, a.prompt_tokens, a.output_tokens, a.class_index, a.class_names
         )
+        if a.prefix_id is not None:  # a workload with shared prefixes
+            frame["prefix_id"] = a.prefix_id
+            frame["cached_tokens"] = self.recorder.cached_tokens
+        return frame

@@ -458,6 +458,8 @@ class VirtualEngine:
         for req, chunk in step.prefills:
             req.prefilled += chunk
             req.computed = max(req.computed, req.prefilled)
+            if req.prefix >= 0:
+                self.policy.cache_prefix(req)
             if req.prefilled < req.target:
                 continue
             if req in st.prefilling:

@@ -17,6 +17,7 @@ class Req:
     __slots__ = (
         "arrival_s",
         "blocks",
+        "cached",
         "computed",
         "finish_step",
         "first_token_s",
@@ -27,15 +28,26 @@ class Req:
         "output",
         "preemptions",
         "prefilled",
+        "prefix",
+        "prefix_tokens",
         "prompt",
         "replica",
         "scheduled_s",
+        "shared",
         "state",
         "target",
         "window_step",
     )
 
-    def __init__(self, rid: int, arrival_s: float, prompt: int, output: int):
+    def __init__(
+        self,
+        rid: int,
+        arrival_s: float,
+        prompt: int,
+        output: int,
+        prefix: int = -1,
+        prefix_tokens: int = 0,
+    ):
         self.id = rid
         self.arrival_s = arrival_s
         self.prompt = prompt
@@ -54,6 +66,10 @@ class Req:
         self.first_token_s = -1.0
         self.preemptions = 0
         self.state = WAITING
+        self.prefix = prefix  # shared prefix id (-1: none), its first prefix_tokens
+        self.prefix_tokens = prefix_tokens
+        self.shared = 0  # leading blocks held by reference in the prefix cache
+        self.cached = 0  # prompt tokens found in the prefix cache at first admission
 
     def kv(self, step: int) -> int:
         """KV tokens cached at decode step `step` (valid while decoding)."""

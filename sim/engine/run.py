@@ -64,6 +64,8 @@ def build_replica(
             getattr(params, "watermark", 0.0),
             tally,
         )
+        if params.prefix_caching:
+            blocks.enable_prefix_cache()
         state = ReplicaState(blocks, model.sliding_window, policy_cls.paged)
         ctx = PolicyContext(
             block_bytes=memory.block_bytes,
@@ -92,7 +94,7 @@ def _arrive(
     env: simpy.Environment,
     arrivals: Arrivals,
     replicas: list[Replica],
-    route: Callable[[], int],
+    route: Callable[[Req], int],
 ) -> Generator[Any, Any, None]:
     chunk = 1 << 16  # plain Python numbers are faster to use; convert a slice at a time
     for first in range(0, len(arrivals), chunk):
@@ -100,11 +102,19 @@ def _arrive(
         times = arrivals.arrival_s[window].tolist()
         prompts = arrivals.prompt_tokens[window].tolist()
         outputs = arrivals.output_tokens[window].tolist()
+        if arrivals.prefix_id is not None and arrivals.prefix_tokens is not None:
+            ids = arrivals.prefix_id[window].tolist()
+            lengths = arrivals.prefix_tokens[window].tolist()
+        else:
+            ids = lengths = [0] * len(times)
         for j, t in enumerate(times):
             if t > env.now:
                 yield env.timeout(t - env.now)
-            req = Req(first + j, t, prompts[j], outputs[j])
-            replicas[route()].admit(req)
+            if lengths[j]:
+                req = Req(first + j, t, prompts[j], outputs[j], ids[j], lengths[j])
+            else:
+                req = Req(first + j, t, prompts[j], outputs[j])
+            replicas[route(req)].admit(req)
     for rep in replicas:
         rep.arrivals_done()
 
@@ -140,8 +150,8 @@ def run(
     front = [replicas[i] for i in d.front]
     router = ROUTERS[s.router.policy](router_rng(s.seed))
 
-    def route() -> int:
-        return router.next_replica(front)
+    def route(req: Req) -> int:
+        return router.next_replica(front, req)
 
     done = env.event()
 

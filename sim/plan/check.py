@@ -12,6 +12,7 @@ from sim.arith.ops import check_tp
 from sim.cost.layouts import check_layout
 from sim.cost.topology import n_devices
 from sim.errors import LlmsimError
+from sim.registry import POLICIES
 from sim.spec.offload import OffloadSpec
 from sim.spec.scenario import DisaggregationSpec, Scenario
 
@@ -47,6 +48,8 @@ def check_scenario(s: Scenario) -> None:
     _check_experts(s)
     if s.speculative is not None:
         _check_speculative(s)
+    if s.scheduler.policy_params().prefix_caching:
+        _check_prefix_caching(s)
     if s.disaggregation is not None:
         _check_pools(s, s.disaggregation)
         return
@@ -67,6 +70,24 @@ def check_scenario(s: Scenario) -> None:
             f"but cluster {s.cluster.name} has {have}",
             "parallel",
         )
+
+
+def _check_prefix_caching(s: Scenario) -> None:
+    """Prefix caching shares the blocks of a paged KV cache (sim.engine.prefix_cache)."""
+    for on, what in (
+        (
+            not POLICIES[s.scheduler.policy].paged,
+            f"needs a paged policy (vllm, sarathi), not {s.scheduler.policy}",
+        ),
+        (
+            s.runtime.kv_cache != "paged",
+            f"needs a paged KV cache, runtime has kv_cache: {s.runtime.kv_cache}",
+        ),
+        (s.model.sliding_window is not None, "is not modelled with a sliding window"),
+        (s.disaggregation is not None, "is not modelled with disaggregated pools"),
+    ):
+        if on:
+            raise s.error(f"prefix caching {what}", "scheduler.prefix_caching")
 
 
 def _check_speculative(s: Scenario) -> None:

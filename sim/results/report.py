@@ -109,6 +109,13 @@ def summary_table(s: Summary) -> str:
         f"device busy {s.device_utilization:.1%}, "
         f"KV in use {s.kv_utilization:.1%} (peak {s.kv_utilization_peak:.1%})",
     ]
+    pc = s.prefix_cache
+    if pc is not None:
+        lines.append(
+            f"prefix cache: {pc.hit_rate_tokens:.1%} of prompt tokens and "
+            f"{pc.hit_rate_requests:.1%} of requests hit; {pc.cached_prefill_tokens:,} "
+            f"prompt tokens cached, {pc.computed_prefill_tokens:,} computed"
+        )
     lines += latency_table(s)
     cost = s.cost
     if cost.usd_per_million_output_tokens and cost.usd_per_hour is not None:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sim.engine.records import RunRecords
+from sim.engine.records import FINISHED, RunRecords
 from sim.results.slo import LatencyStats, SLOReport, latency_columns
 
 
@@ -68,6 +68,35 @@ class KVTransferSummary:
 
 
 @dataclass(frozen=True)
+class PrefixCacheSummary:
+    """Prefix caching over the finished requests, first admissions only (a prompt
+    recomputed after a preemption is not counted again): the share of prompt tokens
+    found cached, the share of requests that found any, and the prompt tokens cached
+    and computed."""
+
+    hit_rate_tokens: float
+    hit_rate_requests: float
+    cached_prefill_tokens: int
+    computed_prefill_tokens: int
+
+    @classmethod
+    def of(cls, run: RunRecords) -> PrefixCacheSummary:
+        rec = run.recorder
+        done = rec.status == FINISHED
+        cached = rec.cached_tokens[done]
+        prompt = run.arrivals.prompt_tokens[done]
+        total = int(prompt.sum())
+        hit = int(cached.sum())
+        n = int(done.sum())
+        return cls(
+            hit_rate_tokens=hit / total if total else 0.0,
+            hit_rate_requests=float((cached > 0).sum()) / n if n else 0.0,
+            cached_prefill_tokens=hit,
+            computed_prefill_tokens=total - hit,
+        )
+
+
+@dataclass(frozen=True)
 class Summary:
     scenario: str
     seed: int
@@ -105,6 +134,7 @@ class Summary:
     # speculative decoding: tokens per verification step, bonus token included (the
     # expectation 1 + Σ_i Π_{j≤i} a_j, as sim.cost.stage.Speculation charges it)
     acceptance_length: float | None = None
+    prefix_cache: PrefixCacheSummary | None = None  # with scheduler.prefix_caching
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as `summary.json` writes it (empty optional parts left out)."""
@@ -113,7 +143,12 @@ class Summary:
             value = getattr(self, f.name)
             if f.name == "reject_reasons" and not value:
                 continue
-            if f.name in ("classes", "kv_transfer", "acceptance_length") and value is None:
+            if value is None and f.name in (
+                "classes",
+                "kv_transfer",
+                "acceptance_length",
+                "prefix_cache",
+            ):
                 continue
             out[f.name] = _plain(value)
         return out
@@ -132,7 +167,10 @@ class Summary:
 def _plain(value: Any) -> Any:
     if isinstance(value, LatencyStats | SLOReport):
         return value.to_dict()
-    if isinstance(value, ClassSummary | CostSummary | EnergySummary | KVTransferSummary):
+    if isinstance(
+        value,
+        ClassSummary | CostSummary | EnergySummary | KVTransferSummary | PrefixCacheSummary,
+    ):
         return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
@@ -223,6 +261,9 @@ def summarize(
         energy=_energy(devices, end_s, finished, out_tokens),
         kv_transfer=kv_transfer,
         acceptance_length=scenario.speculative.expected_tokens if scenario.speculative else None,
+        prefix_cache=PrefixCacheSummary.of(run)
+        if scenario.scheduler.policy_params().prefix_caching
+        else None,
     )
 
 

@@ -18,6 +18,9 @@ class CommonParams(Spec):
     block_size: int = Field(default=16, gt=0)
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     max_model_len: int | None = Field(default=None, gt=0)
+    # Automatic prefix caching (sim.engine.prefix_cache): off by default so that a
+    # scenario means what it meant before; vLLM V1 and SGLang turn it on by default.
+    prefix_caching: bool = False
 
     def step_token_cap(self, max_model_len: int) -> int:
         """The most tokens one step carries: `max_num_batched_tokens` (default

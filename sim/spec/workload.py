@@ -9,6 +9,9 @@ What it models
     column), or joint (prompt, output) pairs drawn from a trace (`lengths:`).
   * Classes: several request classes share one arrival process; each request is
     assigned a class by weight, and each class has its own lengths and SLOs.
+  * Shared prefixes (`prefixes:`): a share of the requests open with one of `count`
+    system prompts of a given length, as an id and a length (no real tokens); the
+    prefix is added to the drawn prompt length.
 
 Assumptions
   * The first request arrives at t = 0 (as vLLM's benchmark_serving sends its first
@@ -266,6 +269,17 @@ class ClassSpec(Spec):
     slo: SLOSpec | None = None
 
 
+class PrefixSpec(Spec):
+    """A shared prompt prefix (a system prompt): `tokens` long, opening a `share` of all
+    requests, split evenly over `count` distinct prefixes of that length (tenants,
+    apps). Requests carry no real tokens: a prefix is an id and a length, and the rest
+    of a prompt is unique to its request."""
+
+    tokens: Tokens
+    share: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+    count: PosInt = 1
+
+
 _LENGTH_KEYS = ("prompt", "output", "lengths")
 
 
@@ -280,9 +294,13 @@ class WorkloadSpec(Spec):
     lengths: LengthsSpec | None = None
     trace: TraceSpec | None = None
     classes: Annotated[tuple[ClassSpec, ...], Field(min_length=1)] | None = None
+    # Shared prompt prefixes, prepended to the drawn (or replayed) prompts.
+    prefixes: tuple[PrefixSpec, ...] = ()
 
     @model_validator(mode="after")
     def _consistent(self) -> WorkloadSpec:
+        if sum(p.share for p in self.prefixes) > 1 + 1e-9:
+            raise _bad("prefixes", "the shares add up to more than 1")
         if self.trace is not None:
             for key in ("arrival", *_LENGTH_KEYS):
                 if getattr(self, key) is not None:

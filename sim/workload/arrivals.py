@@ -7,9 +7,9 @@ in [0, duration_s). Each request gets a class by weight, and lengths from its cl
 (sim.workload.lengths).
 
 All randomness comes from `numpy.random.SeedSequence(seed)`, one child stream per
-concern (arrivals, class choice, each class's prompt and output), so changing one part
-of a workload leaves the draws of the others as they were. Same seed, same arrays, bit
-for bit.
+concern (arrivals, class choice, each class's prompt and output, shared prefixes), so
+changing one part of a workload leaves the draws of the others as they were. Same seed,
+same arrays, bit for bit.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from sim.errors import LlmsimError
 from sim.spec.base import shown
 from sim.spec.workload import (
     MAX_REQUESTS,
+    MAX_TOKENS,
     PREFIX,
     BurstArrivals,
     ConstantArrivals,
@@ -38,6 +39,9 @@ from sim.spec.workload import (
 from sim.workload.lengths import draw_lengths
 from sim.workload.traces import load_table, resolve_path
 
+# Spawn key of the prefix draws: class streams are below it, the routers' at 1000, 1001.
+PREFIX_STREAM = 2000
+
 
 @dataclass(frozen=True, eq=False)
 class Arrivals:
@@ -48,23 +52,32 @@ class Arrivals:
     output_tokens: np.ndarray  # int64 >= 1
     class_index: np.ndarray  # int32 index into class_names
     class_names: tuple[str, ...]
+    # Shared prefixes (workload.prefixes): each request's prefix id (-1: none) and its
+    # tokens (0: none), both included in prompt_tokens; None when there are none.
+    prefix_id: np.ndarray | None = None  # int32
+    prefix_tokens: np.ndarray | None = None  # int64
 
     def __post_init__(self) -> None:
         for arr in (self.arrival_s, self.prompt_tokens, self.output_tokens, self.class_index):
             arr.setflags(write=False)
+        for extra in (self.prefix_id, self.prefix_tokens):
+            if extra is not None:
+                extra.setflags(write=False)
 
     def __len__(self) -> int:
         return len(self.arrival_s)
 
     def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame(
-            {
-                "arrival_s": self.arrival_s,
-                "prompt_tokens": self.prompt_tokens,
-                "output_tokens": self.output_tokens,
-                "class": pd.Categorical.from_codes(self.class_index, pd.Index(self.class_names)),
-            }
-        )
+        columns = {
+            "arrival_s": self.arrival_s,
+            "prompt_tokens": self.prompt_tokens,
+            "output_tokens": self.output_tokens,
+            "class": pd.Categorical.from_codes(self.class_index, pd.Index(self.class_names)),
+        }
+        if self.prefix_id is not None:
+            columns["prefix_id"] = self.prefix_id
+            columns["prefix_tokens"] = self.prefix_tokens
+        return pd.DataFrame(columns)
 
 
 def generate(spec: WorkloadSpec, seed: int, base_dir: Path | None = None) -> Arrivals:
@@ -108,7 +121,36 @@ def generate(spec: WorkloadSpec, seed: int, base_dir: Path | None = None) -> Arr
                 p_key, o_key = _source_key(spec, i, "prompt"), _source_key(spec, i, "output")
                 prompts[rows] = draw_lengths(cls.prompt, prompt_rng, m, base_dir, p_key)
                 outputs[rows] = draw_lengths(cls.output, output_rng, m, base_dir, o_key)
-    return Arrivals(times, prompts, outputs, class_index, spec.class_names)
+    if not spec.prefixes:
+        return Arrivals(times, prompts, outputs, class_index, spec.class_names)
+    prefix_id, prefix_tokens = _draw_prefixes(spec, seed, n)
+    prompts = prompts + prefix_tokens
+    if n and int(prompts.max()) > MAX_TOKENS:
+        raise LlmsimError(
+            f"a prompt with its prefix exceeds {MAX_TOKENS:,} tokens", key=f"{PREFIX}.prefixes"
+        )
+    return Arrivals(
+        times, prompts, outputs, class_index, spec.class_names, prefix_id, prefix_tokens
+    )
+
+
+def _draw_prefixes(spec: WorkloadSpec, seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each request's shared prefix: a group by share (or none, with what the shares
+    leave), then one of the group's `count` prefixes uniformly. Its own stream, so the
+    other draws are those of the same workload without prefixes."""
+    rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(PREFIX_STREAM,)))
+    groups = spec.prefixes
+    edges = np.cumsum([g.share for g in groups])
+    group = np.searchsorted(edges, rng.random(n), side="right")
+    member = rng.random(n)
+    first = np.concatenate([[0], np.cumsum([g.count for g in groups])])
+    counts = np.array([g.count for g in groups] + [1])
+    lengths = np.array([g.tokens for g in groups] + [0], dtype=np.int64)
+    ids = first[np.minimum(group, len(groups))] + np.minimum(
+        (member * counts[group]).astype(np.int64), counts[group] - 1
+    )
+    prefix_id = np.where(group < len(groups), ids, -1).astype(np.int32)
+    return prefix_id, lengths[group]
 
 
 def _source_key(spec: WorkloadSpec, i: int, field: str) -> str:

@@ -112,10 +112,54 @@ class BatchingPolicy:
         """A request left the replica holding `kept_tokens` of KV."""
         self.committed -= self._promised.pop(req.id, 0)
         if self.paged:
-            self.st.blocks.release(self.st.blocks.blocks_for(kept_tokens))
+            self._free(req, self.st.blocks.blocks_for(kept_tokens))
         else:
             self.st.blocks.release(req.blocks)
         req.blocks = 0
+
+    # --- prefix caching (sim.engine.prefix_cache) -------------------------------------
+    def _free(self, req: Req, blocks: int) -> None:
+        """`req` gives up its `blocks` blocks of KV: its own are freed, the cached ones
+        it references are unreferenced (and stay cached)."""
+        if req.shared:
+            cache = self.st.blocks.cache
+            assert cache is not None
+            self.st.blocks.release(blocks - req.shared)
+            cache.unref(req.prefix, req.shared)
+            req.shared = 0
+        else:
+            self.st.blocks.release(blocks)
+
+    def _prefix_blocks(self, req: Req) -> int:
+        """The full blocks of `req`'s shared prefix that can be cached: all but the
+        last prompt token (whose logits must be computed) lie in them."""
+        return min(req.prefix_tokens, req.target - 1) // self.st.blocks.block_size
+
+    def _need(self, req: Req) -> tuple[int, int]:
+        """Cached blocks the head of the queue would find, and the blocks admitting it
+        takes: its KV less those hits, plus the idle cached ones it would reference."""
+        st = self.st
+        blocks = st.blocks.blocks_for(st.kept(req.target))
+        cache = st.blocks.cache
+        if cache is None or req.prefix < 0:
+            return 0, blocks
+        hits = cache.hits(req.prefix, self._prefix_blocks(req))
+        return hits, blocks - hits + cache.cost(req.prefix, hits)
+
+    def cache_prefix(self, req: Req) -> None:
+        """After a prefill chunk: once `req` has computed its prefix's full blocks,
+        they are cached, and it references the cached copies instead of its own."""
+        cache = self.st.blocks.cache
+        if cache is None or req.prefix < 0:
+            return
+        full = self._prefix_blocks(req)
+        if req.shared >= full or req.prefilled < full * self.st.blocks.block_size:
+            return
+        self.st.blocks.release(full - req.shared)
+        cache.unref(req.prefix, req.shared)
+        cache.insert(req.prefix, full)
+        cache.ref(req.prefix, full)
+        req.shared = full
 
     # --- helpers ---------------------------------------------------------------------
     def _fits(self, req: Req, blocks: int, extra: int = 0) -> bool:
@@ -129,17 +173,28 @@ class BatchingPolicy:
         whole = st.blocks.blocks_for(st.kept(req.prompt + req.output))
         return self.committed + whole <= st.blocks.total - st.blocks.watermark_blocks
 
-    def _admit(self, blocks: int, now: float) -> Req:
-        """Take the head of the queue into the batch, holding `blocks` of KV."""
+    def _admit(self, blocks: int, now: float, hits: int = 0) -> Req:
+        """Take the head of the queue into the batch, holding `blocks` of KV (with
+        `hits` cached prefix blocks among them, whose tokens it need not compute)."""
         st = self.st
         req = st.waiting.popleft()
         if self.ctx.reserve and req.id not in self._promised:
             whole = st.blocks.blocks_for(st.kept(req.prompt + req.output))
             self._promised[req.id] = whole
             self.committed += whole
-        st.blocks.allocate(blocks)
+        if hits:
+            cache = st.blocks.cache
+            assert cache is not None
+            cost = cache.cost(req.prefix, hits)
+            cache.ref(req.prefix, hits)  # first, so the allocation cannot evict them
+            st.blocks.allocate(blocks - cost)
+            req.shared = hits
+            req.prefilled = hits * st.blocks.block_size
+        else:
+            st.blocks.allocate(blocks)
         req.state = PREFILLING
         if req.scheduled_s < 0:
+            req.cached = req.prefilled
             req.scheduled_s = now
         return req
 
@@ -154,7 +209,7 @@ class BatchingPolicy:
         st = self.st
         kept = st.leave_decode(victim)
         blocks = st.blocks.blocks_for(kept)
-        st.blocks.release(blocks)
+        self._free(victim, blocks)
         victim.preemptions += 1
         mode = getattr(self.params, "preemption", "recompute")
         if mode == "swap" and sum(r.blocks for r in st.swapped) + blocks <= self.ctx.swap_blocks:

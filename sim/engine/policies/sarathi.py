@@ -57,11 +57,11 @@ class SarathiPolicy(BatchingPolicy):
         growth = st.blocks.needed_at(st.step) if st.running else 0  # this step's decodes
         while budget > 0 and st.waiting and not st.swapped:
             req = st.waiting[0]
-            blocks = st.blocks.blocks_for(st.kept(req.target))
+            hits, blocks = self._need(req)
             if seqs + 1 > self.params.max_num_seqs or not self._fits(req, blocks, growth):
                 break
-            st.prefilling.append(self._admit(blocks, now))
-            chunk = min(req.target, budget)
+            st.prefilling.append(self._admit(blocks, now, hits))
+            chunk = min(req.target - req.prefilled, budget)
             step.prefills.append((req, chunk))
             budget -= chunk
             seqs += 1

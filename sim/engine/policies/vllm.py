@@ -49,15 +49,15 @@ class VllmPolicy(BatchingPolicy):
             seqs = st.decoders
             while st.waiting:
                 req = st.waiting[0]
-                chunk = req.target
-                blocks = st.blocks.blocks_for(st.kept(chunk))
+                hits, blocks = self._need(req)
+                chunk = req.target - hits * st.blocks.block_size
                 if (
                     seqs + 1 > self.params.max_num_seqs
                     or tokens + chunk > self.token_cap
                     or not self._fits(req, blocks)
                 ):
                     break
-                step.prefills.append((self._admit(blocks, now), chunk))
+                step.prefills.append((self._admit(blocks, now, hits), chunk))
                 tokens += chunk
                 seqs += 1
             if step.prefills:
