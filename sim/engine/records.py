@@ -56,6 +56,9 @@ class Recorder:
         # prompt tokens found in the prefix cache at first admission (prefix caching)
         self.cached_tokens = np.zeros(n_requests, dtype=np.int64)
         self.status = np.zeros(n_requests, dtype=np.int8)
+        # sessions: when each turn was released (None when arrivals are all known)
+        self.arrived_s = np.full(n_requests, np.nan)
+        self.on_close: Callable[[Req], None] | None = None
         self.reasons: dict[int, str] = {}
         self.closed = 0
         self._on_progress = on_progress
@@ -102,12 +105,16 @@ class Recorder:
         if req.cached:
             self.cached_tokens[i] = req.cached
         self.status[i] = FINISHED
+        if self.on_close is not None:
+            self.on_close(req)
         self._close()
 
     def reject(self, req: Req, reason: str) -> None:
         self.replica[req.id] = req.replica
         self.status[req.id] = REJECTED
         self.reasons[req.id] = reason
+        if self.on_close is not None:
+            self.on_close(req)
         self._close()
 
     def iteration(
@@ -250,10 +257,15 @@ class RunRecords:
 
     def requests_frame(self) -> pd.DataFrame:
         a = self.arrivals
+        arrival_s = a.arrival_s if a.session_id is None else self.recorder.arrived_s
         frame = self.recorder.requests_frame(
-            a.arrival_s, a.prompt_tokens, a.output_tokens, a.class_index, a.class_names
+            arrival_s, a.prompt_tokens, a.output_tokens, a.class_index, a.class_names
         )
         if a.prefix_id is not None:  # a workload with shared prefixes
             frame["prefix_id"] = a.prefix_id
             frame["cached_tokens"] = self.recorder.cached_tokens
+        if a.session_id is not None:  # multi-turn sessions
+            frame["session_id"] = a.session_id
+            frame["turn"] = a.turn
+            frame["think_s"] = a.think_s
         return frame

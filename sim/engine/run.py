@@ -119,6 +119,53 @@ def _arrive(
         rep.arrivals_done()
 
 
+def _sessions(
+    env: simpy.Environment,
+    arrivals: Arrivals,
+    replicas: list[Replica],
+    route: Callable[[Req], int],
+    recorder: Recorder,
+) -> Generator[Any, Any, None]:
+    """Closed-loop arrivals (sim.workload.sessions): each session's first turn at its
+    start; turn k + 1 when turn k finishes or is rejected, after its think time (drawn
+    with the workload, so a run is the same in any process)."""
+    assert arrivals.session_id is not None and arrivals.think_s is not None
+    starts = arrivals.arrival_s.tolist()
+    prompts = arrivals.prompt_tokens.tolist()
+    outputs = arrivals.output_tokens.tolist()
+    sessions = arrivals.session_id.tolist()
+    think = arrivals.think_s.tolist()
+    n = len(starts)
+    arrived = recorder.arrived_s
+
+    def admit(i: int) -> None:
+        t = env.now
+        arrived[i] = t
+        req = Req(i, t, prompts[i], outputs[i], sessions[i], prompts[i])
+        replicas[route(req)].admit(req)
+
+    def release(i: int) -> Generator[Any, Any, None]:
+        yield env.timeout(think[i])
+        admit(i)
+
+    def closed(req: Req) -> None:
+        nxt = req.id + 1
+        if nxt < n and sessions[nxt] == sessions[req.id]:
+            env.process(release(nxt))
+
+    recorder.on_close = closed
+    for i in range(n):
+        if i and sessions[i] == sessions[i - 1]:
+            continue  # a later turn: released by its predecessor
+        if starts[i] > env.now:
+            yield env.timeout(starts[i] - env.now)
+        admit(i)
+    # Later turns keep arriving, but they wait on answers: a static batch must not wait
+    # for them to fill it once every session has started.
+    for rep in replicas:
+        rep.arrivals_done()
+
+
 def run(
     d: Deployment,
     arrivals: Arrivals,
@@ -162,7 +209,10 @@ def run(
     recorder.all_closed = all_closed
     for rep in replicas:
         rep.start()
-    env.process(_arrive(env, arrivals, front, route))
+    if arrivals.session_id is not None:
+        env.process(_sessions(env, arrivals, front, route, recorder))
+    else:
+        env.process(_arrive(env, arrivals, front, route))
     events = _count_events(env)
     if len(arrivals):
         until: Any = done

@@ -96,6 +96,53 @@ class PrefixCacheSummary:
         )
 
 
+def sessions_frame(requests: pd.DataFrame) -> pd.DataFrame:
+    """One row per session of a multi-turn workload (requests with `session_id`): its
+    turns, those finished, its start (first turn's arrival), its end (last turn's
+    finish; NaN unless every turn finished) and duration."""
+    g = requests.groupby("session_id", sort=True)
+    out = pd.DataFrame(
+        {
+            "turns": g.size(),
+            "finished_turns": g["status"].agg(lambda s: int((s == "finished").sum())),
+            "start_s": g["arrival_s"].min(),
+            "end_s": g["finish_s"].max(),
+        }
+    )
+    out.loc[out["finished_turns"] < out["turns"], "end_s"] = np.nan
+    out["duration_s"] = out["end_s"] - out["start_s"]
+    return out.reset_index()
+
+
+@dataclass(frozen=True)
+class SessionSummary:
+    """Multi-turn sessions: how many started and finished every turn, turns per
+    session, session duration (first arrival to last finish, finished sessions), and
+    TTFT of first turns and of follow-up turns (which carry the history)."""
+
+    sessions: int
+    finished: int
+    turns_mean: float
+    duration_s: LatencyStats
+    first_turn_ttft_s: LatencyStats
+    follow_up_ttft_s: LatencyStats
+
+    @classmethod
+    def of(cls, requests: pd.DataFrame) -> SessionSummary:
+        per = sessions_frame(requests)
+        done = requests[requests["status"] == "finished"]
+        ttft = done["first_token_s"] - done["arrival_s"]
+        first = done["turn"] == 0
+        return cls(
+            sessions=len(per),
+            finished=int(per["duration_s"].notna().sum()),
+            turns_mean=float(per["turns"].mean()) if len(per) else 0.0,
+            duration_s=LatencyStats.of(per["duration_s"]),
+            first_turn_ttft_s=LatencyStats.of(ttft[first]),
+            follow_up_ttft_s=LatencyStats.of(ttft[~first]),
+        )
+
+
 @dataclass(frozen=True)
 class Summary:
     scenario: str
@@ -135,6 +182,7 @@ class Summary:
     # expectation 1 + Σ_i Π_{j≤i} a_j, as sim.cost.stage.Speculation charges it)
     acceptance_length: float | None = None
     prefix_cache: PrefixCacheSummary | None = None  # with scheduler.prefix_caching
+    sessions: SessionSummary | None = None  # multi-turn sessions (requests count turns)
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as `summary.json` writes it (empty optional parts left out)."""
@@ -148,6 +196,7 @@ class Summary:
                 "kv_transfer",
                 "acceptance_length",
                 "prefix_cache",
+                "sessions",
             ):
                 continue
             out[f.name] = _plain(value)
@@ -169,7 +218,12 @@ def _plain(value: Any) -> Any:
         return value.to_dict()
     if isinstance(
         value,
-        ClassSummary | CostSummary | EnergySummary | KVTransferSummary | PrefixCacheSummary,
+        ClassSummary
+        | CostSummary
+        | EnergySummary
+        | KVTransferSummary
+        | PrefixCacheSummary
+        | SessionSummary,
     ):
         return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, dict):
@@ -264,6 +318,7 @@ def summarize(
         prefix_cache=PrefixCacheSummary.of(run)
         if scenario.scheduler.policy_params().prefix_caching
         else None,
+        sessions=SessionSummary.of(requests) if "session_id" in requests else None,
     )
 
 

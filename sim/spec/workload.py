@@ -9,6 +9,8 @@ What it models
     column), or joint (prompt, output) pairs drawn from a trace (`lengths:`).
   * Classes: several request classes share one arrival process; each request is
     assigned a class by weight, and each class has its own lengths and SLOs.
+  * Sessions (`sessions:`): multi-turn conversations released in a closed loop (the
+    next turn a think time after the previous answer), each prompt the whole history.
   * Shared prefixes (`prefixes:`): a share of the requests open with one of `count`
     system prompts of a given length, as an id and a length (no real tokens); the
     prefix is added to the drawn prompt length.
@@ -250,7 +252,7 @@ class TraceSpec(Spec):
     """
 
     path: str = Field(min_length=1)
-    format: Literal["azure", "plain", "auto"] = "auto"
+    format: Literal["azure", "plain", "sessions", "auto"] = "auto"
     time_scale: PosFloat = 1.0
     start_s: Annotated[Seconds, Field(ge=0, allow_inf_nan=False)] = 0.0
     limit: PosInt | None = None
@@ -280,6 +282,43 @@ class PrefixSpec(Spec):
     count: PosInt = 1
 
 
+class ExponentialThink(Spec):
+    """Exponential think times with mean `mean` (seconds)."""
+
+    dist: Literal["exponential"]
+    mean: PosSeconds
+
+
+class UniformThink(Spec):
+    """Think times uniform in [min, max] seconds."""
+
+    dist: Literal["uniform"]
+    min: Annotated[Seconds, Field(ge=0, allow_inf_nan=False)]
+    max: Annotated[Seconds, Field(ge=0, allow_inf_nan=False)]
+
+    @model_validator(mode="after")
+    def _bounds(self) -> UniformThink:
+        if self.max < self.min:
+            raise _bad("max", f"must be >= min ({self.min}), got {self.max}")
+        return self
+
+
+ThinkTime = (
+    Annotated[Seconds, Field(ge=0, allow_inf_nan=False)]
+    | Annotated[ExponentialThink | UniformThink, Field(discriminator="dist")]
+)
+
+
+class SessionSpec(Spec):
+    """Multi-turn sessions (closed loop): each arrival of the workload starts a session
+    of `turns` turns; turn k + 1 arrives `think_time` after turn k finished, its prompt
+    the whole history (turn k's prompt and output) plus a new `message`."""
+
+    turns: LengthDist
+    think_time: ThinkTime = 0.0  # seconds (fixed) or {dist: exponential|uniform, ...}
+    message: LengthDist
+
+
 _LENGTH_KEYS = ("prompt", "output", "lengths")
 
 
@@ -296,9 +335,16 @@ class WorkloadSpec(Spec):
     classes: Annotated[tuple[ClassSpec, ...], Field(min_length=1)] | None = None
     # Shared prompt prefixes, prepended to the drawn (or replayed) prompts.
     prefixes: tuple[PrefixSpec, ...] = ()
+    # Multi-turn sessions: `requests`/`duration_s` then count sessions, not turns.
+    sessions: SessionSpec | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> WorkloadSpec:
+        if self.sessions is not None:
+            for key in ("trace", "classes", "lengths", "prefixes"):
+                if getattr(self, key):
+                    hint = " (a session trace carries its own turns)" if key == "trace" else ""
+                    raise _bad(key, f"not supported with sessions{hint}")
         if sum(p.share for p in self.prefixes) > 1 + 1e-9:
             raise _bad("prefixes", "the shares add up to more than 1")
         if self.trace is not None:

@@ -36,8 +36,9 @@ from sim.spec.workload import (
     TraceSpec,
     WorkloadSpec,
 )
+from sim.workload import sessions
 from sim.workload.lengths import draw_lengths
-from sim.workload.traces import load_table, resolve_path
+from sim.workload.traces import _header, load_table, resolve_path
 
 # Spawn key of the prefix draws: class streams are below it, the routers' at 1000, 1001.
 PREFIX_STREAM = 2000
@@ -56,11 +57,17 @@ class Arrivals:
     # tokens (0: none), both included in prompt_tokens; None when there are none.
     prefix_id: np.ndarray | None = None  # int32
     prefix_tokens: np.ndarray | None = None  # int64
+    # Sessions (sim.workload.sessions): each request's session and turn, and the think
+    # time before it; arrival_s is then the session's start (the engine releases later
+    # turns when the previous one ends). The prefix is the session's history.
+    session_id: np.ndarray | None = None  # int32
+    turn: np.ndarray | None = None  # int32
+    think_s: np.ndarray | None = None  # float64
 
     def __post_init__(self) -> None:
         for arr in (self.arrival_s, self.prompt_tokens, self.output_tokens, self.class_index):
             arr.setflags(write=False)
-        for extra in (self.prefix_id, self.prefix_tokens):
+        for extra in (self.prefix_id, self.prefix_tokens, self.session_id, self.turn, self.think_s):
             if extra is not None:
                 extra.setflags(write=False)
 
@@ -77,7 +84,27 @@ class Arrivals:
         if self.prefix_id is not None:
             columns["prefix_id"] = self.prefix_id
             columns["prefix_tokens"] = self.prefix_tokens
+        if self.session_id is not None:
+            columns["session_id"] = self.session_id
+            columns["turn"] = self.turn
+            columns["think_s"] = self.think_s
         return pd.DataFrame(columns)
+
+    @classmethod
+    def of_sessions(cls, turns: sessions.Turns) -> Arrivals:
+        n = len(turns.turn)
+        return cls(
+            turns.start_s,
+            turns.prompt_tokens,
+            turns.output_tokens,
+            np.zeros(n, dtype=np.int32),
+            ("default",),
+            turns.session_id.copy(),
+            turns.prompt_tokens.copy(),
+            turns.session_id,
+            turns.turn,
+            turns.think_s,
+        )
 
 
 def generate(spec: WorkloadSpec, seed: int, base_dir: Path | None = None) -> Arrivals:
@@ -88,6 +115,8 @@ def generate(spec: WorkloadSpec, seed: int, base_dir: Path | None = None) -> Arr
     classes = spec.resolved_classes()
     # Child i of a SeedSequence depends only on i, so adding a class moves no stream.
     arrival_ss, class_ss, *class_ss_list = np.random.SeedSequence(int(seed)).spawn(2 + len(classes))
+    if spec.trace is not None and _is_session_trace(spec.trace, base_dir):
+        return Arrivals.of_sessions(_replay_sessions(spec, spec.trace, base_dir))
     if spec.trace is not None:
         times, prompts, outputs = _replay(spec, spec.trace, base_dir)
     else:
@@ -121,6 +150,9 @@ def generate(spec: WorkloadSpec, seed: int, base_dir: Path | None = None) -> Arr
                 p_key, o_key = _source_key(spec, i, "prompt"), _source_key(spec, i, "output")
                 prompts[rows] = draw_lengths(cls.prompt, prompt_rng, m, base_dir, p_key)
                 outputs[rows] = draw_lengths(cls.output, output_rng, m, base_dir, o_key)
+    if spec.sessions is not None:
+        turns = sessions.draw(spec.sessions, seed, times, prompts, outputs, spec.output, base_dir)
+        return Arrivals.of_sessions(turns)
     if not spec.prefixes:
         return Arrivals(times, prompts, outputs, class_index, spec.class_names)
     prefix_id, prefix_tokens = _draw_prefixes(spec, seed, n)
@@ -221,6 +253,29 @@ def _renewal(draw: Any, rate: float, n: int | None, until: float | None) -> np.n
         _check_expected(total)
     times = np.concatenate(chunks)
     return times[: np.searchsorted(times, until, side="left")]
+
+
+def _is_session_trace(tr: TraceSpec, base_dir: Path | None) -> bool:
+    if tr.format == "sessions":
+        return True
+    if tr.format != "auto":
+        return False
+    path = resolve_path(tr.path, base_dir, f"{PREFIX}.trace.path")
+    return {"session_id", "turn"} <= set(_header(path))
+
+
+def _replay_sessions(spec: WorkloadSpec, tr: TraceSpec, base_dir: Path | None) -> sessions.Turns:
+    key = f"{PREFIX}.trace"
+    for field in ("start_s", "max_prompt", "max_output"):
+        if getattr(tr, field) != TraceSpec.model_fields[field].default:
+            raise LlmsimError("not supported with a session trace", key=f"{key}.{field}")
+    if spec.requests is not None or spec.duration_s is not None:
+        raise LlmsimError("a session trace replays whole sessions; use trace.limit", key=key)
+    path = resolve_path(tr.path, base_dir, f"{key}.path")
+    turns = sessions.replay(path, tr.time_scale, tr.limit)
+    if len(turns.turn) == 0:
+        raise LlmsimError("no sessions in the trace", key=key)
+    return turns
 
 
 def _replay(
