@@ -254,6 +254,8 @@ class RunRecords:
     events: int
     wall_s: float
     kv_transfers: tuple[int, float] | None  # disaggregated: (transfers, bytes)
+    # tiered KV (scheduler.kv_tiers): per tier, its traffic (sim.engine.run._kv_tiers)
+    kv_tiers: dict[str, dict[str, float]] | None = None
 
     def requests_frame(self) -> pd.DataFrame:
         a = self.arrivals

@@ -24,7 +24,7 @@ from sim.engine.records import Recorder
 from sim.engine.request import DONE, REJECTED, Req
 from sim.engine.resources import Links, Stage
 from sim.engine.state import ReplicaState
-from sim.plan.deploy import ReplicaPlan
+from sim.plan.deploy import Path, ReplicaPlan
 from sim.spec.runtime import HostSpec
 
 Handoff = Callable[[Req, int, Callable[[], None]], None]
@@ -179,6 +179,68 @@ class VirtualEngine:
         self.process: simpy.Process | None = None
         self._idle: simpy.Event | None = None
         self._leaping = False
+        cache = state.blocks.cache
+        self.tiers = cache if cache is not None and cache.caps else None
+        if self.tiers is not None:
+            n = len(self.tiers.caps)
+            self.reload_bytes = [0.0] * n
+            self.reload_s = [0.0] * n  # from the reload's start (link waits included)
+            self.tiers.worth = self._worth
+
+    # ------------------------------------------------------------------ tiered KV
+    def _reload_path(self, tier: int) -> tuple[Path, ...]:
+        plan = self.replica.plan
+        if tier == 0:
+            return (plan.host,)
+        assert plan.disk_read is not None
+        return (plan.disk_read, plan.host)
+
+    def _worth(self, tier: int, first: int, blocks: int) -> bool:
+        """Reload `blocks` prefix blocks (from block `first` on) from `tier` when their
+        uncontended copy is no slower than the replica's stages prefilling their tokens
+        alone, at their context; else recompute them."""
+        size = blocks * self.policy.ctx.block_bytes
+        copy_s = sum(p.seconds(size) for p in self._reload_path(tier))
+        bs = self.state.blocks.block_size
+        n, done = blocks * bs, first * bs
+        pairs = causal_pairs(n, done, None)
+        work = Work(
+            tokens=n,
+            prefill_tokens=n,
+            prefill_pairs=pairs,
+            prefill_kv_tokens=prefill_keys(n, done, None),
+            prefill_max_chunk=n,
+            prefill_max_pairs=pairs,
+        )
+        return copy_s <= sum(st.cost.time(work, 0) for st in self.replica.stages)
+
+    def _tier_copies(self) -> Generator[Any, Any, None]:
+        """Carry the tiers' queued copies: eviction copies (GPU to host over PCIe, host
+        to disk over NVMe) hold their links in the background; reloads (disk to host,
+        then host to GPU) hold theirs before the step that uses them."""
+        tiers = self.tiers
+        assert tiers is not None
+        env = self.env
+        links = self.replica.links
+        plan = self.replica.plan
+        block_bytes = self.policy.ctx.block_bytes
+        reload = [0.0] * len(tiers.caps)
+        for kind, tier, blocks in tiers.pending:
+            size = blocks * block_bytes
+            if kind == "reload":
+                reload[tier] += size
+            else:
+                path = plan.host if tier == 0 else plan.disk_write
+                assert path is not None
+                env.process(links.transfer(path, size))
+        tiers.pending.clear()
+        for tier, size in enumerate(reload):
+            if size > 0:
+                start = env.now
+                for path in self._reload_path(tier):
+                    yield from links.transfer(path, size)
+                self.reload_bytes[tier] += size
+                self.reload_s[tier] += env.now - start
 
     def wake(self) -> None:
         if self._idle is not None and not self._idle.triggered:
@@ -210,6 +272,8 @@ class VirtualEngine:
                 self._idle = None
                 continue
             step = decision
+            if self.tiers is not None and self.tiers.pending:
+                yield from self._tier_copies()
             if step.swap_out_bytes or step.swap_in_bytes:
                 yield from self._swap(step)
             if (

@@ -65,7 +65,11 @@ def build_replica(
             tally,
         )
         if params.prefix_caching:
-            blocks.enable_prefix_cache()
+            cache = blocks.enable_prefix_cache()
+            tiers = params.kv_tiers
+            if tiers is not None:
+                caps = [tiers.host_bytes] + ([tiers.disk_bytes] if tiers.disk_bytes > 0 else [])
+                cache.enable_tiers([int(c // memory.block_bytes) // engines_per for c in caps])
         state = ReplicaState(blocks, model.sliding_window, policy_cls.paged)
         ctx = PolicyContext(
             block_bytes=memory.block_bytes,
@@ -240,7 +244,32 @@ def run(
         events=events(),
         wall_s=time.perf_counter() - wall0,
         kv_transfers=(handoff.transfers, handoff.bytes_moved) if handoff is not None else None,
+        kv_tiers=_kv_tiers(replicas),
     )
+
+
+def _kv_tiers(replicas: list[Replica]) -> dict[str, dict[str, float]] | None:
+    """Tiered KV's traffic over the run, per tier (host, disk), summed over engines;
+    peak and capacity are one engine's (the largest peak)."""
+    engines = [e for rep in replicas for e in rep.engines]
+    caches = [e.tiers for e in engines if e.tiers is not None]
+    if not caches:
+        return None
+    block = engines[0].policy.ctx.block_bytes
+    size = engines[0].state.blocks.block_size
+    out: dict[str, dict[str, float]] = {}
+    for tier, name in enumerate(("host", "disk")[: len(caches[0].caps)]):
+        hits = sum(c.hits_tier[tier] for c in caches)
+        out[name] = {
+            "capacity_bytes": caches[0].caps[tier] * block,
+            "peak_bytes": max(c.tier_peak[tier] for c in caches) * block,
+            "hit_blocks": hits,
+            "hit_tokens": hits * size,
+            "written_bytes": sum(c.written_tier[tier] for c in caches) * block,
+            "reload_bytes": sum(e.reload_bytes[tier] for e in engines if e.tiers is not None),
+            "reload_s": sum(e.reload_s[tier] for e in engines if e.tiers is not None),
+        }
+    return out
 
 
 def _count_events(env: simpy.Environment) -> Callable[[], int]:

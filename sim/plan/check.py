@@ -48,8 +48,11 @@ def check_scenario(s: Scenario) -> None:
     _check_experts(s)
     if s.speculative is not None:
         _check_speculative(s)
-    if s.scheduler.policy_params().prefix_caching:
+    params = s.scheduler.policy_params()
+    if params.prefix_caching:
         _check_prefix_caching(s)
+    elif params.kv_tiers is not None:
+        raise s.error("needs scheduler.prefix_caching: true", "scheduler.kv_tiers")
     if s.disaggregation is not None:
         _check_pools(s, s.disaggregation)
         return

@@ -37,6 +37,7 @@ from sim.spec.hardware import DeviceSpec, LinkSpec
 from sim.spec.offload import OffloadSpec
 from sim.spec.runtime import RuntimeSpec
 from sim.spec.scenario import Scenario
+from sim.spec.scheduler import KVTiersSpec
 
 Edge = tuple[str, str]
 POOL_PREFIX = {"prefill": "p:", "decode": "d:"}
@@ -108,6 +109,9 @@ class ReplicaPlan:
     host: Path  # to host memory (swaps)
     memory: MemoryPlan
     offload: OffloadPlan | None = None
+    # Tiered KV's disk tier (scheduler.kv_tiers.disk): host to disk and back
+    disk_write: Path | None = None
+    disk_read: Path | None = None
 
 
 class KVPath:
@@ -189,11 +193,13 @@ def _mark_shared(
     (a pipeline send, a swap, a KV move, an offload stream, another group's
     collectives): only those can make traffic queue."""
     swaps = getattr(s.scheduler.policy_params(), "preemption", "recompute") == "swap"
+    tiered = s.scheduler.policy_params().kv_tiers is not None
     users: Counter[Edge] = Counter()
     for rep in replicas:
         for stage in rep.stages:
             users.update(set(stage.links))
-        for path in (*rep.sends, *((rep.host,) if swaps else ())):
+        disk = (rep.disk_write, rep.disk_read) if rep.disk_read is not None else ()
+        for path in (*rep.sends, *((rep.host,) if swaps or tiered else ()), *disk):
             users.update(set(path.edges))
         if rep.offload is not None:
             users.update(set(rep.offload.streams.values()))
@@ -227,6 +233,33 @@ def custom_latency_s(rt: RuntimeSpec, device: DeviceSpec) -> float:
     return max(rt.custom_latency_s - device.launch_overhead_s, 0.0)
 
 
+def _kv_tiers(s: Scenario, cluster: Cluster) -> KVTiersSpec | None:
+    """Tiered KV's capacities, bounded by the node's host DRAM and disk."""
+    tiers: KVTiersSpec | None = s.scheduler.policy_params().kv_tiers
+    if tiers is None:
+        return None
+    host = cluster.node_spec.host if cluster.node_spec is not None else None
+    if host is None or tiers.host_bytes > host.dram_bytes:
+        have = f"{host.dram_bytes:.4g} B" if host is not None else "none"
+        raise s.error(
+            f"host tier {tiers.host_bytes:.4g} B exceeds the node's host DRAM ({have})",
+            "scheduler.kv_tiers.host",
+        )
+    if tiers.disk_bytes > 0:
+        if host.disk is None:
+            raise s.error(
+                f"a disk tier needs a node with host.disk; {cluster.spec.name} has none",
+                "scheduler.kv_tiers.disk",
+            )
+        if tiers.disk_bytes > host.disk.capacity_bytes:
+            raise s.error(
+                f"disk tier {tiers.disk_bytes:.4g} B exceeds the node's disk "
+                f"({host.disk.capacity_bytes:.4g} B)",
+                "scheduler.kv_tiers.disk",
+            )
+    return tiers
+
+
 def plan_replicas(
     s: Scenario,
     cluster: Cluster,
@@ -257,6 +290,7 @@ def plan_replicas(
         else None
     )
     shared_costs: dict[tuple[object, ...], StageCost] = {}
+    tiers = _kv_tiers(s, cluster)
     replicas = []
     for r in range(first_index, first_index + par.replicas):
         base = first_device + (r - first_index) * par.devices_per_replica
@@ -318,8 +352,24 @@ def plan_replicas(
             }
             pricer = StepPricer(model, precision, machine, kernel, s.runtime)
             offload = OffloadPlan(s.offload, machine, pricer, streams)
+        disk_write = disk_read = None
+        if tiers is not None and tiers.disk_bytes > 0:
+            node = f"{cluster.node_of(base)}"
+            disk_write = net.path(cluster, f"host{node}", f"disk{node}", prefix)
+            disk_read = net.path(cluster, f"disk{node}", f"host{node}", prefix)
         replicas.append(
-            ReplicaPlan(r, role, cluster.device, tuple(stages), sends, host, memory, offload)
+            ReplicaPlan(
+                r,
+                role,
+                cluster.device,
+                tuple(stages),
+                sends,
+                host,
+                memory,
+                offload,
+                disk_write,
+                disk_read,
+            )
         )
     return replicas
 

@@ -78,6 +78,10 @@ class PrefixCacheSummary:
     hit_rate_requests: float
     cached_prefill_tokens: int
     computed_prefill_tokens: int
+    # tiered KV (scheduler.kv_tiers), per tier (host, disk): capacity_bytes, peak_bytes,
+    # hit_blocks, hit_tokens (reloaded instead of recomputed), written_bytes (evictions
+    # copied in), reload_bytes, reload_s (summed over reloads, link waits included)
+    tiers: dict[str, dict[str, float]] | None = None
 
     @classmethod
     def of(cls, run: RunRecords) -> PrefixCacheSummary:
@@ -93,6 +97,7 @@ class PrefixCacheSummary:
             hit_rate_requests=float((cached > 0).sum()) / n if n else 0.0,
             cached_prefill_tokens=hit,
             computed_prefill_tokens=total - hit,
+            tiers=run.kv_tiers,
         )
 
 
@@ -225,7 +230,10 @@ def _plain(value: Any) -> Any:
         | PrefixCacheSummary
         | SessionSummary,
     ):
-        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+        out = {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+        if isinstance(value, PrefixCacheSummary) and value.tiers is None:
+            del out["tiers"]  # tiered KV off: the group reads as before
+        return out
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     return value

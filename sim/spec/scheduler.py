@@ -9,7 +9,15 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from sim.registry import POLICIES, ROUTERS
-from sim.spec.base import Spec
+from sim.spec.base import Bytes, Spec
+
+
+class KVTiersSpec(Spec):
+    """Tiered KV (sim.engine.prefix_cache): the bytes of evicted prefix-cache blocks
+    each replica keeps in host DRAM and then on local disk (0: no such tier)."""
+
+    host_bytes: Bytes = Field(alias="host", gt=0)
+    disk_bytes: Bytes = Field(default=0.0, alias="disk", ge=0)
 
 
 class CommonParams(Spec):
@@ -21,6 +29,8 @@ class CommonParams(Spec):
     # Automatic prefix caching (sim.engine.prefix_cache): off by default so that a
     # scenario means what it meant before; vLLM V1 and SGLang turn it on by default.
     prefix_caching: bool = False
+    # Tiered KV: evicted prefix blocks go to host DRAM, then disk, instead of being dropped.
+    kv_tiers: KVTiersSpec | None = None
 
     def step_token_cap(self, max_model_len: int) -> int:
         """The most tokens one step carries: `max_num_batched_tokens` (default

@@ -143,7 +143,10 @@ class BatchingPolicy:
         cache = st.blocks.cache
         if cache is None or req.prefix < 0:
             return 0, blocks
-        hits = cache.hits(req.prefix, self._prefix_blocks(req))
+        limit = self._prefix_blocks(req)
+        hits = cache.hits(req.prefix, limit)
+        if cache.caps:  # tiered KV: blocks worth reloading from host DRAM or disk
+            hits += sum(cache.lower_hits(req.prefix, limit))
         return hits, blocks - hits + cache.cost(req.prefix, hits)
 
     def cache_prefix(self, req: Req) -> None:
@@ -186,6 +189,8 @@ class BatchingPolicy:
             cache = st.blocks.cache
             assert cache is not None
             cost = cache.cost(req.prefix, hits)
+            if cache.caps and hits > cache.hits(req.prefix, hits):
+                cache.reload(req.prefix, cache.lower_hits(req.prefix, hits))
             cache.ref(req.prefix, hits)  # first, so the allocation cannot evict them
             st.blocks.allocate(blocks - cost)
             req.shared = hits
