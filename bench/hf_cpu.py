@@ -65,7 +65,7 @@ except ImportError:  # PyTorch and transformers are the calibrate extra
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.cpu_fidelity import fastest_profile  # noqa: E402
+from bench.cpu_fidelity import fastest_profile, one_thread  # noqa: E402
 from sim.arith.ops import Work, layer_plan  # noqa: E402
 from sim.arith.precision import Precision  # noqa: E402
 from sim.cli.main import main as llmsim  # noqa: E402
@@ -164,16 +164,6 @@ def _quiet() -> Iterator[None]:
     """transformers warns about configs and deprecated arguments on stderr."""
     with contextlib.redirect_stderr(io.StringIO()):
         yield
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _timed(fn: Callable[[], object], prepare: Callable[[], object], row: Row, samples: int) -> None:

@@ -164,9 +164,7 @@ class StageCost:
         if self.layout is not None and tokens:
             comm = self.layout.layer_comm_s(tokens)
             layer = max(layer, comm) if self._overlap_gather else layer + comm
-        total = layer * self.n_layers
-        if self.first and tokens:
-            total += self.op_s(self._embed, work, graph)
+        total = layer * self.n_layers + self._embed_s(tokens, graph)
         self._per_token[key] = total
         return total
 
@@ -174,10 +172,7 @@ class StageCost:
         """One layer's matmuls and element-wise ops under expert parallelism: the
         slowest attention rank's dense ops and the slowest expert group's experts (plus
         the embedding, once, on the first stage: see `token_part_s`)."""
-        ep = self.experts
-        assert ep is not None
-        rank = Work(tokens=ep.rank_tokens(tokens, biggest))
-        rows = Work(tokens=ep.expert_rows(tokens))
+        rank, rows = self._op_works(tokens, biggest)
         layer = sum(self.op_s(op, rank, graph) for op in self._token_ops)
         layer += sum(self.op_s(op, rows, graph) for op in self._expert_ops)
         return layer
@@ -336,11 +331,12 @@ class StageCost:
         attn = op_bytes(self._prefill, work, p) + op_bytes(self._decode, work, p)
         return per_tok + attn * self.n_layers
 
-    def _op_works(self, tokens: int) -> tuple[Work, Work]:
-        """The work of the dense ops and of the expert ops for a step of `tokens`."""
+    def _op_works(self, tokens: int, biggest: int = 0) -> tuple[Work, Work]:
+        """The work of the dense ops (on the slowest attention rank, which runs at
+        least the `biggest` sequence) and of the expert ops for a step of `tokens`."""
         if self.experts is None:
             return Work(tokens=tokens), Work()
-        rank = Work(tokens=self.experts.rank_tokens(tokens))
+        rank = Work(tokens=self.experts.rank_tokens(tokens, biggest))
         return rank, Work(tokens=self.experts.expert_rows(tokens))
 
     def decode_flops(self, seqs: int, kv0: int, growth: int, steps: int) -> float:

@@ -202,16 +202,7 @@ class VirtualEngine:
         size = blocks * self.policy.ctx.block_bytes
         copy_s = sum(p.seconds(size) for p in self._reload_path(tier))
         bs = self.state.blocks.block_size
-        n, done = blocks * bs, first * bs
-        pairs = causal_pairs(n, done, None)
-        work = Work(
-            tokens=n,
-            prefill_tokens=n,
-            prefill_pairs=pairs,
-            prefill_kv_tokens=prefill_keys(n, done, None),
-            prefill_max_chunk=n,
-            prefill_max_pairs=pairs,
-        )
+        work = Work.prefill(1, blocks * bs, cached=first * bs)
         return copy_s <= sum(st.cost.time(work, 0) for st in self.replica.stages)
 
     def _tier_copies(self) -> Generator[Any, Any, None]:
