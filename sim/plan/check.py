@@ -152,16 +152,14 @@ def _check_experts(s: Scenario) -> None:
                     f"needs a mixture of experts; {model.name} is dense", f"parallel.{key}"
                 )
         return
+    if par.ep == 1 and (par.two_batch_overlap or ex.redundant):
+        key, what = (
+            ("two_batch_overlap", "hides the all-to-alls of expert parallelism")
+            if par.two_batch_overlap
+            else ("experts.redundant", "places copies over expert groups")
+        )
+        raise s.error(f"{what}: needs ep > 1", f"parallel.{key}")
     if par.ep == 1 and par.dp_attention == 1:
-        if par.two_batch_overlap:
-            raise s.error(
-                "hides the all-to-alls of expert parallelism: needs ep > 1",
-                "parallel.two_batch_overlap",
-            )
-        if ex.redundant:
-            raise s.error(
-                "places copies over expert groups: needs ep > 1", "parallel.experts.redundant"
-            )
         return
     if s.disaggregation is not None or s.offload is not None:
         what = "disaggregated pools" if s.disaggregation is not None else "offloading"
@@ -196,9 +194,6 @@ def _check_experts(s: Scenario) -> None:
             f"divide d_ff_expert={model.d_ff_expert} of {model.name}",
             "parallel.ep",
         )
-    if par.ep == 1 and (par.two_batch_overlap or ex.redundant):
-        key = "two_batch_overlap" if par.two_batch_overlap else "experts.redundant"
-        raise s.error("needs ep > 1", f"parallel.{key}")
     if ex.histogram is not None and len(ex.histogram) != moe.n_experts:
         raise s.error(
             f"gives {len(ex.histogram)} counts for the {moe.n_experts} experts of {model.name}",
