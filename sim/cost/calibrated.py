@@ -147,10 +147,7 @@ class CalibratedKernel:
         curves = self.attention_curves(op)
         if curves is None or seqs == 0:
             return self.fallback.decode_attention_times(op, seqs, kv_tokens)
-        att = curves.fit
-        kv = np.asarray(kv_tokens * kv_read_bytes_per_token(op, self.precision), dtype=float)
-        eff = curve_at(att.decode_memory, np.log2(np.maximum(kv, 1.0)))
-        t = att.decode_launch_s + kv / (self.bytes_per_s * eff)
+        t = curves.decode_times(op, kv_tokens, self.precision, self.bytes_per_s)
         out: np.ndarray = np.maximum(t, self._ideal.decode_attention_times(op, seqs, kv_tokens))
         return out
 
@@ -254,3 +251,12 @@ class AttentionCurves:
         kv = float(work.decode_kv_tokens) * kv_read_bytes_per_token(op, precision)
         eff = self.decode(math.log2(max(kv, 1.0)))
         return self.fit.decode_launch_s + kv / (bytes_per_s * eff)
+
+    def decode_times(
+        self, op: Op, kv_tokens: np.ndarray, precision: Precision, bytes_per_s: float
+    ) -> np.ndarray:
+        """`time` of decode attention over many KV totals at once (no floor applied)."""
+        kv = np.asarray(kv_tokens * kv_read_bytes_per_token(op, precision), dtype=float)
+        eff = curve_at(self.fit.decode_memory, np.log2(np.maximum(kv, 1.0)))
+        out: np.ndarray = self.fit.decode_launch_s + kv / (bytes_per_s * eff)
+        return out

@@ -48,7 +48,7 @@ import numpy as np
 from sim.arith.ops import Op, Work, kv_read_bytes_per_token, layer_plan, op_active, op_bytes
 from sim.arith.precision import Precision
 from sim.cost.calibrated import AttentionCurves, CalibratedKernel, pick_attention
-from sim.cost.curves import ScalarCurve, curve_at, stream_time
+from sim.cost.curves import ScalarCurve, stream_time
 from sim.cost.roofline import OpKernel
 from sim.spec.hardware import DeviceSpec
 from sim.spec.model import ModelSpec
@@ -199,10 +199,7 @@ class HfEagerKernel:
         if curves is None or seqs == 0:
             out = self.base.decode_attention_times(op, seqs, kv_tokens)
         else:
-            att = curves.fit
-            kv = np.asarray(kv_tokens * kv_read_bytes_per_token(op, self.precision), dtype=float)
-            eff = curve_at(att.decode_memory, np.log2(np.maximum(kv, 1.0)))
-            out = att.decode_launch_s + kv / (self.base.bytes_per_s * eff)
+            out = curves.decode_times(op, kv_tokens, self.precision, self.base.bytes_per_s)
             out = np.maximum(out, self.base._ideal.decode_attention_times(op, seqs, kv_tokens))
         if self.cache and self._cat is not None and seqs:
             after = np.asarray(kv_tokens, dtype=float) + seqs
