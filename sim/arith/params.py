@@ -23,20 +23,25 @@ def norm_params(model: ModelSpec) -> int:
     return 2 * model.d_model if model.norm == "layernorm" else model.d_model
 
 
+def _mla_matrices(model: ModelSpec) -> tuple[int, int, int]:
+    """MLA's projection weights of one layer: (Q down and up, K/V down and up, output)."""
+    m, h, d = model.mla, model.n_heads, model.d_model
+    assert m is not None
+    if m.q_lora_rank is None:
+        q = d * h * m.qk_head_dim
+    else:
+        q = d * m.q_lora_rank + m.q_lora_rank * h * m.qk_head_dim
+    kv = d * m.latent_dim + m.kv_lora_rank * h * (m.qk_nope_head_dim + m.v_head_dim)
+    return q, kv, h * m.v_head_dim * d
+
+
 def attention_params(model: ModelSpec) -> int:
     d = model.d_model
     if model.mla is not None:
-        m, h = model.mla, model.n_heads
-        if m.q_lora_rank is None:
-            q = d * h * m.qk_head_dim
-        else:
-            q = d * m.q_lora_rank + m.q_lora_rank + m.q_lora_rank * h * m.qk_head_dim
-        kv = (
-            d * m.latent_dim
-            + m.kv_lora_rank
-            + m.kv_lora_rank * h * (m.qk_nope_head_dim + m.v_head_dim)
-        )
-        return q + kv + h * m.v_head_dim * d
+        q, kv, o = _mla_matrices(model)
+        m = model.mla
+        # the RMSNorms on the Q and K/V latents
+        return q + kv + o + (m.q_lora_rank or 0) + m.kv_lora_rank
     params = d * model.q_dim + 2 * d * model.kv_dim + model.q_dim * d
     if model.has_qkv_bias:
         params += model.q_dim + 2 * model.kv_dim
@@ -127,13 +132,8 @@ def attention_proj_flops_per_token(model: ModelSpec) -> tuple[float, float]:
     token's own latent (K and V decompressed)."""
     d = model.d_model
     if model.mla is not None:
-        m, h = model.mla, model.n_heads
-        if m.q_lora_rank is None:
-            q = d * h * m.qk_head_dim
-        else:
-            q = d * m.q_lora_rank + m.q_lora_rank * h * m.qk_head_dim
-        kv = d * m.latent_dim + m.kv_lora_rank * h * (m.qk_nope_head_dim + m.v_head_dim)
-        return 2.0 * (q + kv), 2.0 * h * m.v_head_dim * d
+        q, kv, o = _mla_matrices(model)
+        return 2.0 * (q + kv), 2.0 * o
     return 2.0 * d * (model.q_dim + 2 * model.kv_dim), 2.0 * model.q_dim * d
 
 
