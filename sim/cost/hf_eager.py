@@ -47,7 +47,7 @@ import numpy as np
 
 from sim.arith.ops import Op, Work, kv_read_bytes_per_token, layer_plan, op_active, op_bytes
 from sim.arith.precision import Precision
-from sim.cost.calibrated import AttentionCurves, CalibratedKernel, pick_attention
+from sim.cost.calibrated import STREAM_FAMILY, AttentionCurves, CalibratedKernel, pick_attention
 from sim.cost.curves import ScalarCurve, stream_time
 from sim.cost.roofline import OpKernel
 from sim.spec.hardware import DeviceSpec
@@ -122,16 +122,6 @@ def runtime_kernel(kernel: OpKernel, model: ModelSpec, runtime: RuntimeSpec) -> 
     if is_hf_eager(runtime) and isinstance(kernel, CalibratedKernel):
         return HfEagerKernel(kernel, model, cache=runtime.kv_cache != "none")
     return kernel
-
-
-FAMILY = {
-    "norm": "norm",
-    "norm_2": "norm",
-    "rotary": "rotary",
-    "mlp_act": "act",
-    "residual_add": "add",
-    "residual_add_2": "add",
-}
 
 
 class HfEagerKernel:
@@ -215,7 +205,7 @@ class HfEagerKernel:
             )
         if op.kind in ("attn_prefill", "attn_decode"):
             return self._attention_curves(op) is not None or (self.cache and self._cat is not None)
-        family = FAMILY.get(op.name)
+        family = STREAM_FAMILY.get(op.name)
         return (family is not None and family in self._streams) or (
             op.name == "norm" and self.layer_host_s > 0
         )
@@ -225,7 +215,7 @@ class HfEagerKernel:
             return self._gemm(op, work)
         if op.kind in ("attn_prefill", "attn_decode"):
             return self._attention_time(op, work)
-        family = FAMILY.get(op.name)
+        family = STREAM_FAMILY.get(op.name)  # the embedding has no hf form: the base prices it
         stream = self._streams.get(family) if family else None
         if stream is not None:
             return stream.time(op_bytes(op, work, self.precision))
